@@ -1,0 +1,104 @@
+"""Auth and tenancy: a key sees only its own project's resources (404 otherwise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from api_support import ner_job
+from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.artifacts import LocalArtifactStore
+from store.keys import revoke_key
+from store.models import ApiKey, Job, Model, new_id
+
+
+def _model_for(factory: sessionmaker[Session], job_id: str, artifacts: LocalArtifactStore, tmp: Path) -> str:
+    path = tmp / "delta.safetensors"
+    save_file(
+        {"w::index": np.arange(3, dtype=np.int64)}, str(path), metadata={"fishdip_manifest": '{"format": 1}'}
+    )
+    with factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        model = Model(
+            id=new_id("model"),
+            project_id=job.project_id,
+            job_id=job_id,
+            base_model=job.base_model,
+            task=job.task,
+            metrics={},
+            artifact_key=f"{job.project_id}/{job_id}.safetensors",
+            artifact_bytes=path.stat().st_size,
+            parameters_changed=3,
+            sha256="0" * 64,
+        )
+        artifacts.put_file(model.artifact_key, path)
+        session.add(model)
+        session.commit()
+        return model.id
+
+
+def test_other_project_gets_404_everywhere(
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    session_factory: sessionmaker[Session],
+    artifacts: LocalArtifactStore,
+    tmp_path: Path,
+) -> None:
+    job_id = client.post("/v1/jobs", json=ner_job(), headers=auth).json()["id"]
+    ds = client.post(
+        "/v1/datasets",
+        json={"task_type": "ner", "examples": ner_job()["training_data"]["examples"]},
+        headers=auth,
+    )
+    ds_id = ds.json()["id"]
+    model_id = _model_for(session_factory, job_id, artifacts, tmp_path)
+    routes = [
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/examples"),
+        ("GET", f"/v1/datasets/{ds_id}"),
+        ("DELETE", f"/v1/datasets/{ds_id}"),
+        ("GET", f"/v1/models/{model_id}"),
+        ("GET", f"/v1/models/{model_id}/artifact"),
+        ("DELETE", f"/v1/models/{model_id}"),
+    ]
+    for method, path in routes:
+        r = client.request(method, path, headers=other_auth)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"]["type"] == "not_found"
+    r = client.post(f"/v1/models/{model_id}/extract", json={"texts": ["hi"]}, headers=other_auth)
+    assert r.status_code == 404
+    # Another project's ids are not cursors either, and its lists are empty.
+    assert client.get("/v1/jobs", params={"after": job_id}, headers=other_auth).status_code == 422
+    for path in ("/v1/jobs", "/v1/datasets", "/v1/models"):
+        assert client.get(path, headers=other_auth).json() == {"data": [], "has_more": False}
+    # A job naming another project's dataset does not see it.
+    r = client.post("/v1/jobs", json=ner_job(training_data={"dataset_id": ds_id}), headers=other_auth)
+    assert r.status_code == 422
+    # And everything is still there for the owner.
+    for method, path in routes[:-1]:
+        if method == "GET":
+            assert client.get(path, headers=auth).status_code == 200, path
+
+
+def test_missing_invalid_and_revoked_keys_get_401(
+    client: TestClient, auth: dict[str, str], session_factory: sessionmaker[Session], api_key: str
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer fdk_wrong"}, {"Authorization": "Basic abc"}):
+        r = client.get("/v1/jobs", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert client.get("/v1/jobs", headers=auth).status_code == 200
+    from store.keys import hash_secret
+
+    with session_factory() as session:
+        key = session.query(ApiKey).filter_by(key_hash=hash_secret(api_key)).one()
+        assert key.key_hash != api_key  # stored hashed
+        revoke_key(session, key.id)
+        session.commit()
+    assert client.get("/v1/jobs", headers=auth).status_code == 401
