@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,19 +166,21 @@ def check_base(base: LoadedBase, delta: SparseDelta) -> None:
         )
 
 
-def _write(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor]:
-    """Write the delta's values into ``model``; return the values they replaced."""
+def _write(model: nn.Module, delta: SparseDelta, values: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write the delta's values (or ``values`` at the delta's indices) into ``model``."""
     params = dict(model.named_parameters())
-    saved = {}
     with torch.no_grad():
         for name, (idx, val) in delta.tensors.items():
             if name not in params:
                 raise BaseMismatch(f"the base has no parameter {name!r}")
             flat = params[name].data.view(-1)
-            i = idx.to(flat.device)
-            saved[name] = flat[i].clone()
-            flat[i] = val.to(flat.device, flat.dtype)
-    return saved
+            new = values[name] if values is not None else val
+            flat.index_copy_(0, idx.to(flat.device), new.to(flat.device, flat.dtype))
+
+
+def _base_values(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {n: params[n].data.view(-1).index_select(0, i.to(params[n].device)) for n, (i, _) in delta.tensors.items()}
 
 
 def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:
@@ -192,6 +195,10 @@ def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:
 class SharedBase:
     """One resident copy of a base's weights that serves many deltas in turn.
 
+    The base's values at a delta's indices are gathered once, when the delta is first used,
+    and dropped with the delta; a swap is then two index copies of the changed entries
+    (revert the old delta, write the new one).
+
     ``use(delta)`` holds a lock while the caller predicts, so two models never run on the
     half-swapped weights. The last delta stays applied, so repeated requests to one model
     swap nothing.
@@ -203,18 +210,19 @@ class SharedBase:
         self.view = base.bind(self.model)
         self._lock = threading.Lock()
         self._active: SparseDelta | None = None
-        self._saved: dict[str, torch.Tensor] = {}
+        self._restore: dict[int, dict[str, torch.Tensor]] = {}
         self.swaps = 0
 
     def _revert(self) -> None:
-        if self._active is None:
-            return
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, (idx, _) in self._active.tensors.items():
-                flat = params[name].data.view(-1)
-                flat[idx.to(flat.device)] = self._saved[name]
-        self._active, self._saved = None, {}
+        if self._active is not None:
+            _write(self.model, self._active, self._restore[id(self._active)])
+            self._active = None
+
+    def _remember(self, delta: SparseDelta) -> None:
+        key = id(delta)
+        if key not in self._restore:
+            self._restore[key] = _base_values(self.base.model, delta)
+            weakref.finalize(delta, self._restore.pop, key, None)
 
     @contextmanager
     def use(self, delta: SparseDelta | None) -> Iterator[LoadedBase]:
@@ -224,7 +232,8 @@ class SharedBase:
                     check_base(self.base, delta)
                 self._revert()
                 if delta is not None:
-                    self._saved = _write(self.model, delta)
+                    self._remember(delta)
+                    _write(self.model, delta)
                     self._active = delta
                 self.swaps += 1
             yield self.view

@@ -88,6 +88,8 @@ class LoadedBase:
         self.eos_id = _first_not_none(tokenizer.eos_token_id, tokenizer.sep_token_id, self.pad_id)
         self.bos_id = _first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id, None)
         self._sep_ids = self.encode(CAUSAL_SEPARATOR) if family == "decoder-only" else []
+        # Rows of the output layer that training may change (None: all). See _head.
+        self.head_rows: torch.Tensor | None = None
 
     def bind(self, model: nn.Module) -> LoadedBase:
         """The same tokenizer and family around another copy of the weights (a fine-tuned
@@ -176,11 +178,29 @@ class LoadedBase:
         hidden = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
         keep = batch.labels[:, 1:] != IGNORE
         h = hidden[:, :-1][keep]
-        logits = model.get_output_embeddings()(h)
+        logits = self._head(h)
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits, batch.labels[:, 1:][keep], keep.nonzero()[:, 0]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The output layer. When training updates only some rows of its weight
+        (``head_rows``, set from the mask), the weight gradient is computed for those rows
+        only: the logits use the detached weight, plus a term that is zero in value and
+        carries the gradient of the selected rows. For a 262k-word vocabulary this removes
+        most of the backward pass's cost; values and the gradient for ``h`` are unchanged."""
+        head = self.model.get_output_embeddings()
+        rows = self.head_rows
+        if rows is None or not head.weight.requires_grad or getattr(head, "bias", None) is not None:
+            out: torch.Tensor = head(h)
+            return out
+        weight = head.weight
+        logits = h @ weight.detach().T
+        if rows.numel():
+            picked = weight[rows]
+            logits = logits.index_add(1, rows, h @ (picked - picked.detach()).T)
+        return logits
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
         """Mean token cross-entropy of each example (one value per row)."""
@@ -357,16 +377,19 @@ def build_gemma_270m() -> LoadedBase:
     weights, meta = root / "model.safetensors", root / "fingerprint.json"
     if weights.exists() and meta.exists() and (root / "config.json").exists():
         config = AutoConfig.from_pretrained(root)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(load_file(str(weights)), strict=False, assign=True)
+        # Built on the CPU (not the meta device) so that non-persistent buffers such as the
+        # rotary frequencies are computed; the random init is then overwritten.
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         model.tie_weights()
         tok = AutoTokenizer.from_pretrained(root)
-        fp = json.loads(meta.read_text())["fingerprint"]
-        return LoadedBase("gemma-3-270m", "decoder-only", model.float(), tok, fingerprint=fp)
+        base = LoadedBase("gemma-3-270m", "decoder-only", model, tok)
+        if not unexpected and base.fingerprint == json.loads(meta.read_text())["fingerprint"]:
+            return base
+        log.warning("cached gemma-3-270m weights do not match their fingerprint; rebuilding from GGUF")
     gguf = pkg.assemble(root / pkg.MODEL_NAME)
     tok = AutoTokenizer.from_pretrained(str(root), gguf_file=pkg.MODEL_NAME)
-    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=pkg.MODEL_NAME, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=pkg.MODEL_NAME, dtype=torch.float32)
     base = LoadedBase("gemma-3-270m", "decoder-only", model, tok)
     tmp = weights.with_suffix(".tmp")
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(tmp))
