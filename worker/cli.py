@@ -1,0 +1,127 @@
+"""``fishdip worker`` and ``fishdip serve``.
+
+``worker``: one Celery worker process, solo pool, one job at a time. Training saturates the
+device, so parallelism comes from more worker processes (one per GPU), never from threads.
+
+``serve``: the embedded mode for one machine: migrate the settings database, then run the
+API (uvicorn) and one worker subprocess side by side; Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+API_APP = "api.app:app"
+
+
+def worker_argv(loglevel: str = "INFO") -> list[str]:
+    from store.queue import QUEUE_NAME
+
+    return [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={QUEUE_NAME}",
+        f"--loglevel={loglevel}",
+        # Liveness is the job row's heartbeat; Celery's own cluster chatter is not needed.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname=fishdip-worker-{os.getpid()}@%h",
+    ]
+
+
+def run_worker(loglevel: str = "INFO") -> int:
+    from worker.app import app
+
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app.worker_main(worker_argv(loglevel))
+    return 0
+
+
+def migrate() -> int:
+    from store.migrate import upgrade_head
+    from store.settings import get_settings
+
+    upgrade_head(get_settings().database_url)
+    return 0
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # Celery: warm shutdown; uvicorn: graceful
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve(host: str, port: int, loglevel: str = "INFO") -> int:
+    """Embedded mode. Both children inherit the environment, so one settings source."""
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    migrate()
+    python = sys.executable
+    worker = subprocess.Popen([python, "-m", "worker.cli", "worker", f"--loglevel={loglevel}"])
+    api = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "uvicorn",
+            API_APP,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--log-level",
+            loglevel.lower(),
+        ]
+    )
+    children = (api, worker)
+    try:
+        # Whichever child exits first takes the service down: a half-running service
+        # (API accepting jobs nobody trains) is worse than none.
+        while all(p.poll() is None for p in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for proc in children:
+            _stop(proc)
+    return 0 if api.returncode in (0, -signal.SIGTERM, None) else int(api.returncode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishdip")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="run a training worker (one job at a time)")
+    w.add_argument("--loglevel", default="INFO")
+    s = sub.add_parser("serve", help="embedded mode: migrate, then API and one worker")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--loglevel", default="INFO")
+    sub.add_parser("migrate", help="alembic upgrade head on the settings database")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        return run_worker(args.loglevel)
+    if args.command == "serve":
+        return serve(args.host, args.port, args.loglevel)
+    return migrate()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
