@@ -141,3 +141,27 @@ def test_method_config_validation_lists_every_problem() -> None:
     locs = sorted(p.loc for p in err.value.problems)
     assert locs == ["/bogus", "/refresh_every", "/sparsity", "/type"]
     assert MethodConfig.from_dict({"regressing_examples": "auto"}).regressing_examples is None
+
+
+def test_row_sparse_output_layer_gives_the_same_gradients(tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec,
+                                                          ner_train: list[dict[str, Any]]) -> None:
+    run = make_run(tiny_causal, ner_spec, ner_train, "fish")
+    weight = run.model.get_output_embeddings().weight
+    rows = torch.tensor([3, 1012, 2000, 7])
+
+    def grads(head_rows: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        run.model.zero_grad(set_to_none=True)
+        run.run.head_rows = head_rows
+        loss = run.run.batch_loss(run.batch([0, 1, 2]))
+        loss.backward()
+        others = {n: p.grad.clone() for n, p in run.model.named_parameters() if p is not weight and p.grad is not None}
+        return loss.detach(), {"weight": weight.grad.clone(), **others}
+
+    dense_loss, dense = grads(None)
+    sparse_loss, sparse = grads(rows)
+    assert torch.equal(dense_loss, sparse_loss)
+    # Rows outside head_rows differ by design (only the input-embedding gradient lands there).
+    torch.testing.assert_close(sparse["weight"][rows], dense["weight"][rows])
+    for n in dense:
+        if n != "weight":
+            torch.testing.assert_close(sparse[n], dense[n], rtol=1e-5, atol=1e-7)
