@@ -56,6 +56,35 @@ def migrate() -> int:
     return 0
 
 
+def bootstrap_key() -> None:
+    """First start of a fresh embedded service: create project "default" and one API key,
+    print it and keep it in ``<data_dir>/api-key`` (mode 600), so a new user can call the API
+    at once. Does nothing once any key exists; production creates keys with
+    ``fishdip keys create``."""
+    from sqlalchemy import func, select
+
+    from store.db import make_engine, make_session_factory, session_scope
+    from store.keys import create_key
+    from store.models import ApiKey
+    from store.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            if session.scalar(select(func.count()).select_from(ApiKey)):
+                return
+            created = create_key(session, "default", "embedded bootstrap")
+    finally:
+        engine.dispose()
+    path = settings.data_dir / "api-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(created.secret + "\n")
+    log.warning("created API key %s for project 'default'; its secret is in %s", created.key_id, path)
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     if proc.poll() is not None:
         return
@@ -71,6 +100,7 @@ def serve(host: str, port: int, loglevel: str = "INFO") -> int:
     """Embedded mode. Both children inherit the environment, so one settings source."""
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     migrate()
+    bootstrap_key()
     python = sys.executable
     worker = subprocess.Popen([python, "-m", "worker.cli", "worker", f"--loglevel={loglevel}"])
     api = subprocess.Popen(

@@ -1,0 +1,35 @@
+"""``fishdip serve``'s first-run key: created once, readable only by its owner, valid."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from store.db import make_engine, make_session_factory, session_scope
+from store.keys import authenticate
+from store.migrate import upgrade_head
+from store.settings import get_settings
+from worker.cli import bootstrap_key
+
+
+def test_bootstrap_key_creates_one_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'fishdip.db'}"
+    monkeypatch.setenv("FISHDIP_DATABASE_URL", url)
+    monkeypatch.setenv("FISHDIP_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        upgrade_head(url)
+        bootstrap_key()
+        key_file = tmp_path / "data" / "api-key"
+        secret = key_file.read_text().strip()
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        bootstrap_key()  # a second start keeps the first key
+        assert key_file.read_text().strip() == secret
+        engine = make_engine(url)
+        with session_scope(make_session_factory(engine)) as session:
+            assert authenticate(session, secret) is not None
+        engine.dispose()
+    finally:
+        get_settings.cache_clear()
