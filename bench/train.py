@@ -69,16 +69,27 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
             last[0] = time.perf_counter()
 
     method = core.MethodConfig(type=method_type, sparsity=args.sparsity, refresh_every=args.refresh_every)
-    cfg = core.TrainConfig(max_steps=args.steps, batch_size=args.batch, optimizer=optimizer, seed=0, bf16=args.bf16,
-                           early_stop_patience=10**6)
+    cfg = core.TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch,
+        optimizer=optimizer,
+        seed=0,
+        bf16=args.bf16,
+        early_stop_patience=10**6,
+    )
     t0 = time.perf_counter()
     result = core.fit(base, spec, train, method=method, config=cfg, callbacks=Clock())
     total = time.perf_counter() - t0
     out: dict[str, Any] = {
-        "arm": args.arm, "steps": result.steps, "total_s": total,
+        "arm": args.arm,
+        "steps": result.steps,
+        "total_s": total,
         "step_s_median": sorted(step_times)[len(step_times) // 2],
-        "refresh_s": sum(refresh_s), "refreshes": len(refresh_s),
-        "peak_rss_mb": peak_mb(), "base_rss_mb": rss_base, "train_loss": result.train_loss,
+        "refresh_s": sum(refresh_s),
+        "refreshes": len(refresh_s),
+        "peak_rss_mb": peak_mb(),
+        "base_rss_mb": rss_base,
+        "train_loss": result.train_loss,
         "full_checkpoint_bytes": sum(p.numel() * p.element_size() for p in base.model.parameters()),
     }
     with tempfile.TemporaryDirectory() as d:
@@ -107,26 +118,50 @@ def main() -> None:
     for opt in args.optimizers.split(","):
         for method in ("full", "fish_dip"):
             arm = f"{method}:{opt}"
-            cmd = [sys.executable, __file__, "--arm", arm, "--base", args.base, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--examples", str(args.examples), "--sparsity", str(args.sparsity),
-                   "--refresh-every", str(args.refresh_every)] + (["--bf16"] if args.bf16 else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--arm",
+                arm,
+                "--base",
+                args.base,
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--examples",
+                str(args.examples),
+                "--sparsity",
+                str(args.sparsity),
+                "--refresh-every",
+                str(args.refresh_every),
+            ] + (["--bf16"] if args.bf16 else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=True)
             results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[arm]
-            print(f"{arm:22s} total {r['total_s']:8.1f}s  step {r['step_s_median']:.3f}s  refreshes {r['refreshes']}"
-                  f" ({r['refresh_s']:.1f}s)  peak {r['peak_rss_mb']:.0f} MB (base {r['base_rss_mb']:.0f} MB)"
-                  f"  delta {r['delta_bytes'] / 1e6:.2f} MB", flush=True)
-    print(f"\nbase={args.base} steps={args.steps} batch={args.batch} sparsity={args.sparsity} "
-          f"refresh_every={args.refresh_every} bf16={args.bf16}")
+            print(
+                f"{arm:22s} total {r['total_s']:8.1f}s  step {r['step_s_median']:.3f}s"
+                f"  refreshes {r['refreshes']}"
+                f" ({r['refresh_s']:.1f}s)  peak {r['peak_rss_mb']:.0f} MB (base {r['base_rss_mb']:.0f} MB)"
+                f"  delta {r['delta_bytes'] / 1e6:.2f} MB",
+                flush=True,
+            )
+    print(
+        f"\nbase={args.base} steps={args.steps} batch={args.batch} sparsity={args.sparsity} "
+        f"refresh_every={args.refresh_every} bf16={args.bf16}"
+    )
     for opt in args.optimizers.split(","):
         full, fd = results[f"full:{opt}"], results[f"fish_dip:{opt}"]
         grow_full = full["peak_rss_mb"] - full["base_rss_mb"]
         grow_fd = fd["peak_rss_mb"] - fd["base_rss_mb"]
-        print(f"[{opt}] FISH-DIP / full: step time {fd['step_s_median'] / full['step_s_median']:.2f}x, "
-              f"total time {fd['total_s'] / full['total_s']:.2f}x (target <= 1.1), "
-              f"peak memory {fd['peak_rss_mb'] / full['peak_rss_mb']:.2f}x "
-              f"(training growth {grow_fd / max(grow_full, 1e-9):.2f}x; target <= 0.6 with adamw), "
-              f"delta {fd['delta_bytes'] / fd['full_checkpoint_bytes']:.4f} of a full checkpoint (target <= 0.05)")
+        print(
+            f"[{opt}] FISH-DIP / full: step time {fd['step_s_median'] / full['step_s_median']:.2f}x, "
+            f"total time {fd['total_s'] / full['total_s']:.2f}x (target <= 1.1), "
+            f"peak memory {fd['peak_rss_mb'] / full['peak_rss_mb']:.2f}x "
+            f"(training growth {grow_fd / max(grow_full, 1e-9):.2f}x; target <= 0.6 with adamw), "
+            f"delta {fd['delta_bytes'] / fd['full_checkpoint_bytes']:.4f} of a full checkpoint "
+            "(target <= 0.05)"
+        )
 
 
 if __name__ == "__main__":

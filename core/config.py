@@ -7,12 +7,13 @@ the size of the training set, so a job knows its total steps before it starts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from .errors import ConfigError, Problem
 
+_C = TypeVar("_C")
 MethodType = Literal["fish_dip", "fish", "random", "full"]
 OptimizerType = Literal["adafactor", "adamw"]
 FisherMode = Literal["per_example", "batch"]
@@ -85,8 +86,8 @@ class TrainConfig:
         return asdict(self)
 
 
-def _from_dict(cls: Any, d: Mapping[str, Any], check: Any) -> Any:
-    names = {f.name: f for f in fields(cls)}
+def _from_dict(cls: type[_C], d: Mapping[str, Any], check: Callable[[dict[str, Any]], list[Problem]]) -> _C:
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     for key, value in d.items():
@@ -105,7 +106,7 @@ def _check_number(values: dict[str, Any], key: str, kind: type, lo: float, hi: f
     if v is None:
         return []
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
-        return [Problem(f"/{key}", f"{key} must be {'an integer' if kind is int else 'a number'} or \"auto\"")]
+        return [Problem(f"/{key}", f'{key} must be {"an integer" if kind is int else "a number"} or "auto"')]
     if not lo <= v <= hi:
         return [Problem(f"/{key}", f"{key} must be between {lo} and {hi}, got {v}")]
     return []
@@ -133,7 +134,14 @@ def _check_method(v: dict[str, Any]) -> list[Problem]:
 
 
 def _check_train(v: dict[str, Any]) -> list[Problem]:
-    for key in ("optimizer", "weight_decay", "max_grad_norm", "seed", "early_stop_loss", "early_stop_patience"):
+    for key in (
+        "optimizer",
+        "weight_decay",
+        "max_grad_norm",
+        "seed",
+        "early_stop_loss",
+        "early_stop_patience",
+    ):
         if key in v and v[key] is None:
             v.pop(key)
     problems = (
@@ -182,7 +190,9 @@ def resolve_config(cfg: TrainConfig, method: MethodConfig, n_train: int) -> Trai
         total = min(cfg.max_steps, cfg.epochs * per_epoch)
     lr = cfg.learning_rate or _AUTO_LR[(cfg.optimizer, method.sparse)]
     eval_every = cfg.eval_every or max(1, total // 5)
-    return replace(cfg, epochs=epochs, batch_size=batch, learning_rate=lr, eval_every=eval_every, total_steps=total)
+    return replace(
+        cfg, epochs=epochs, batch_size=batch, learning_rate=lr, eval_every=eval_every, total_steps=total
+    )
 
 
 def regressing_count(method: MethodConfig, n_train: int, batch_size: int) -> int:

@@ -110,8 +110,12 @@ def save_delta(
         "format": FORMAT,
         "library_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(),
-        "base": {"name": base.name, "family": base.family, "fingerprint": base.fingerprint,
-                 "parameters": base.parameter_count()},
+        "base": {
+            "name": base.name,
+            "family": base.family,
+            "fingerprint": base.fingerprint,
+            "parameters": base.parameter_count(),
+        },
         "task": spec.to_dict(),
         "method": method.to_dict() if method else None,
         "training": result.config.to_dict() if isinstance(result, FitResult) else None,
@@ -150,7 +154,7 @@ def load_delta(path: str | Path) -> SparseDelta:
     manifest = read_manifest(path)
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
+        for key in f:
             name, kind = key.rsplit("::", 1)
             if kind == "index":
                 tensors[name] = (f.get_tensor(key).long(), f.get_tensor(f"{name}::value"))
@@ -180,7 +184,10 @@ def _write(model: nn.Module, delta: SparseDelta, values: Mapping[str, torch.Tens
 
 def _base_values(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
-    return {n: params[n].data.view(-1).index_select(0, i.to(params[n].device)) for n, (i, _) in delta.tensors.items()}
+    return {
+        n: params[n].data.view(-1).index_select(0, i.to(params[n].device))
+        for n, (i, _) in delta.tensors.items()
+    }
 
 
 def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:

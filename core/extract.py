@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import LoadedBase
+from .models import Family, LoadedBase
 from .tasks import Task, TaskSpec, get_task
 
 
@@ -36,7 +36,9 @@ class Generated:
 
 
 @torch.no_grad()
-def generate(run: LoadedBase, sources: Sequence[str], batch_size: int = 16, max_new_tokens: int | None = None) -> list[Generated]:
+def generate(
+    run: LoadedBase, sources: Sequence[str], batch_size: int = 16, max_new_tokens: int | None = None
+) -> list[Generated]:
     out: list[Generated] = []
     model = run.model
     model.eval()
@@ -48,7 +50,7 @@ def generate(run: LoadedBase, sources: Sequence[str], batch_size: int = 16, max_
 
 
 def _generate_batch(run: LoadedBase, ids: list[list[int]], max_new: int) -> list[Generated]:
-    model = run.model
+    model: Any = run.model
     width = max(len(x) for x in ids)
     left = run.family == "decoder-only"  # decoder-only models continue from the last position
     input_ids = torch.full((len(ids), width), run.pad_id, dtype=torch.long)
@@ -58,8 +60,13 @@ def _generate_batch(run: LoadedBase, ids: list[list[int]], max_new: int) -> list
         input_ids[r, sl] = torch.tensor(x)
         attn[r, sl] = 1
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new, do_sample=False, num_beams=1, output_scores=True, return_dict_in_generate=True,
-        eos_token_id=run.eos_id, pad_token_id=run.pad_id,
+        max_new_tokens=max_new,
+        do_sample=False,
+        num_beams=1,
+        output_scores=True,
+        return_dict_in_generate=True,
+        eos_token_id=run.eos_id,
+        pad_token_id=run.pad_id,
     )
     if run.family == "seq2seq":
         kwargs["decoder_start_token_id"] = getattr(model.config, "decoder_start_token_id", None) or run.pad_id
@@ -89,7 +96,7 @@ def _span_score(gen: Generated, span: tuple[int, int]) -> float:
     start, end = span
     lps = []
     prev = 0
-    for e, lp in zip(gen.token_ends, gen.logprobs):
+    for e, lp in zip(gen.token_ends, gen.logprobs, strict=False):
         if e > start and prev < end:
             lps.append(lp)
         prev = e
@@ -97,7 +104,9 @@ def _span_score(gen: Generated, span: tuple[int, int]) -> float:
 
 
 @torch.no_grad()
-def sequence_logprobs(run: LoadedBase, sources: Sequence[str], targets: Sequence[str], batch_size: int = 16) -> list[float]:
+def sequence_logprobs(
+    run: LoadedBase, sources: Sequence[str], targets: Sequence[str], batch_size: int = 16
+) -> list[float]:
     """Sum of target-token log-probabilities under teacher forcing."""
     out: list[float] = []
     run.model.eval()
@@ -110,8 +119,13 @@ def sequence_logprobs(run: LoadedBase, sources: Sequence[str], targets: Sequence
     return out
 
 
-def predict(run: LoadedBase, spec: TaskSpec, inputs: Sequence[Mapping[str, Any]], batch_size: int = 16,
-            max_new_tokens: int | None = None) -> list[dict[str, Any]]:
+def predict(
+    run: LoadedBase,
+    spec: TaskSpec,
+    inputs: Sequence[Mapping[str, Any]],
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+) -> list[dict[str, Any]]:
     """Predictions for inputs that fit in one window (the task's input shape)."""
     task = get_task(spec.type)
     if not inputs:
@@ -120,12 +134,15 @@ def predict(run: LoadedBase, spec: TaskSpec, inputs: Sequence[Mapping[str, Any]]
         return _rank(run, task, spec, inputs, batch_size)
     sources = [task.source(inp, spec) for inp in inputs]
     results = []
-    for inp, gen in zip(inputs, generate(run, sources, batch_size, max_new_tokens)):
+    for inp, gen in zip(inputs, generate(run, sources, batch_size, max_new_tokens), strict=False):
         dec = task.decode(gen.text, inp, spec)
         pred = dict(dec.prediction)
         key = "entities" if "entities" in pred else "arguments" if "arguments" in pred else None
         if key is not None:
-            pred[key] = [{**s, "score": _span_score(gen, r)} for s, r in zip(pred[key], dec.spans_in_output)]
+            pred[key] = [
+                {**s, "score": _span_score(gen, r)}
+                for s, r in zip(pred[key], dec.spans_in_output, strict=False)
+            ]
             if "relations" in pred:
                 ents = pred[key]
                 pred["relations"] = [
@@ -138,7 +155,9 @@ def predict(run: LoadedBase, spec: TaskSpec, inputs: Sequence[Mapping[str, Any]]
     return results
 
 
-def _rank(run: LoadedBase, task: Task, spec: TaskSpec, inputs: Sequence[Mapping[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+def _rank(
+    run: LoadedBase, task: Task, spec: TaskSpec, inputs: Sequence[Mapping[str, Any]], batch_size: int
+) -> list[dict[str, Any]]:
     results = []
     for inp in inputs:
         cands = task.candidates(inp, spec) or []
@@ -146,7 +165,9 @@ def _rank(run: LoadedBase, task: Task, spec: TaskSpec, inputs: Sequence[Mapping[
         lps = torch.tensor(sequence_logprobs(run, [src] * len(cands), cands, batch_size))
         probs = lps.softmax(0)
         best = int(lps.argmax())
-        results.append({"relation": task.label_of_candidate(best, spec), "score": round(float(probs[best]), 6)})
+        results.append(
+            {"relation": task.label_of_candidate(best, spec), "score": round(float(probs[best]), 6)}
+        )
     return results
 
 
@@ -164,7 +185,9 @@ def windows(run: LoadedBase, text: str, overlap: float = 0.25) -> list[Window]:
     words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
     if not words:
         return [Window(0, len(text), 0, len(text))]
-    counts = [len(c) for c in run.tokenizer([text[a:b] for a, b in words], add_special_tokens=False)["input_ids"]]
+    counts = [
+        len(c) for c in run.tokenizer([text[a:b] for a, b in words], add_special_tokens=False)["input_ids"]
+    ]
     if sum(counts) <= budget:
         return [Window(0, len(text), 0, len(text))]
     spans: list[tuple[int, int]] = []  # word index ranges
@@ -242,13 +265,15 @@ def extract(
         for inp in items:
             src = task.source(inp, spec)
             if len(run.source_ids(src)) > run.max_source_tokens:
-                raise ValueError(f"input of {len(src)} characters exceeds the model's window and this task cannot be split")
+                raise ValueError(
+                    f"input of {len(src)} characters exceeds the model's window and this task cannot be split"
+                )
         return predict(run, spec, items, batch_size, max_new_tokens)
     plan = [(n, w) for n, inp in enumerate(items) for w in windows(run, inp[key])]
     flat = [{**items[n], key: items[n][key][w.start : w.end]} for n, w in plan]
     preds = predict(run, spec, flat, batch_size, max_new_tokens)
     grouped: dict[int, list[tuple[Window, dict[str, Any]]]] = {}
-    for (n, w), p in zip(plan, preds):
+    for (n, w), p in zip(plan, preds, strict=False):
         grouped.setdefault(n, []).append((w, p))
     out = []
     for n, inp in enumerate(items):
@@ -263,8 +288,8 @@ def extract(
 def _wrap(model: nn.Module, tokenizer: Any) -> LoadedBase:
     if tokenizer is None:
         raise ValueError("a bare model needs its tokenizer")
-    family = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "decoder-only"
+    family: Family = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "decoder-only"
     return LoadedBase(getattr(model.config, "name_or_path", "model"), family, model, tokenizer)
 
 
-__all__ = ["extract", "predict", "generate", "sequence_logprobs", "windows"]
+__all__ = ["extract", "generate", "predict", "sequence_logprobs", "windows"]

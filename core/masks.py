@@ -44,7 +44,7 @@ def squared_grad_accumulator(model: nn.Module) -> Iterator[Scores]:
             scores[name].add_(param.grad.detach().float().square())
             param.grad = None
 
-        handles.append(p.register_post_accumulate_grad_hook(hook))
+        handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
     try:
         yield scores
     finally:
@@ -67,7 +67,7 @@ def fisher_scores(
         groups: Iterable[Sequence[int]] = [[i] for i in example_ids] if per_example else [list(example_ids)]
         for ids in groups:
             model.zero_grad(set_to_none=True)
-            loss_of(ids).backward()
+            loss_of(ids).backward()  # type: ignore[no-untyped-call]
     return scores
 
 
@@ -82,8 +82,12 @@ def _kth_largest(scores: Scores, k: int, generator: torch.Generator | None) -> t
     if total <= 4_000_000:
         return torch.kthvalue(torch.cat([s.reshape(-1) for s in scores.values()]), total - k + 1).values
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    sample = torch.cat([s.reshape(-1)[torch.randint(s.numel(), (max(1, s.numel() * 1_000_000 // total),),
-                                                    generator=gen)] for s in scores.values()])
+    sample = torch.cat(
+        [
+            s.reshape(-1)[torch.randint(s.numel(), (max(1, s.numel() * 1_000_000 // total),), generator=gen)]
+            for s in scores.values()
+        ]
+    )
     q = max(0.0, 1.0 - 3.0 * k / total)  # aim at ~3k candidates
     bound = torch.quantile(sample.float(), q) if sample.numel() <= 16_000_000 else sample.min()
     cand = torch.cat([s.reshape(-1)[s.reshape(-1) >= bound] for s in scores.values()])
@@ -104,7 +108,7 @@ def top_k_mask(scores: Scores, k: int, generator: torch.Generator | None = None)
         sizes = torch.tensor([t.numel() for _, t in tied])
         pick = torch.randperm(int(sizes.sum()), generator=generator)[:need]
         starts = torch.cumsum(sizes, 0) - sizes
-        for (name, idx), start, size in zip(tied, starts.tolist(), sizes.tolist()):
+        for (name, idx), start, size in zip(tied, starts.tolist(), sizes.tolist(), strict=False):
             sel = pick[(pick >= start) & (pick < start + size)] - start
             if sel.numel():
                 out[name].view(-1)[idx[sel]] = True

@@ -126,12 +126,12 @@ class LoadedBase:
         """Token ids of a source, without truncation (callers window long texts)."""
         ids = self.encode(source)
         if self.family == "seq2seq":
-            return ids + [self.eos_id]
+            return [*ids, self.eos_id]
         prefix = [self.bos_id] if self.bos_id is not None else []
         return prefix + ids + self._sep_ids
 
     def target_ids(self, target: str) -> list[int]:
-        return self.encode(" " + target if self.family == "decoder-only" else target) + [self.eos_id]
+        return [*self.encode(" " + target if self.family == "decoder-only" else target), self.eos_id]
 
     def collate(self, sources: Sequence[str], targets: Sequence[str]) -> Batch:
         """Pad a batch for teacher forcing. Padding is IGNORE in the labels, so it never
@@ -149,8 +149,8 @@ class LoadedBase:
             dec[:, 1:] = labels[:, :-1].clamp(min=0)
             dec[:, 1:][labels[:, :-1] == IGNORE] = self.pad_id
             return Batch(input_ids, attn, labels, dec)
-        seqs = [s + t for s, t in zip(src, tgt)]
-        lab = [[IGNORE] * len(s) + t for s, t in zip(src, tgt)]
+        seqs = [s + t for s, t in zip(src, tgt, strict=False)]
+        lab = [[IGNORE] * len(s) + t for s, t in zip(src, tgt, strict=False)]
         input_ids, attn = _pad(seqs, self.pad_id)
         labels, _ = _pad(lab, IGNORE)
         return Batch(input_ids, attn, labels)
@@ -174,7 +174,7 @@ class LoadedBase:
             return out.logits[keep], batch.labels[keep], keep.nonzero()[:, 0]
         # Decoder-only: run the trunk, then the output layer only where the next token is
         # labelled. Position i predicts token i+1.
-        trunk = getattr(model, model.base_model_prefix)
+        trunk = getattr(model, str(model.base_model_prefix))
         hidden = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
         keep = batch.labels[:, 1:] != IGNORE
         h = hidden[:, :-1][keep]
@@ -190,7 +190,8 @@ class LoadedBase:
         only: the logits use the detached weight, plus a term that is zero in value and
         carries the gradient of the selected rows. For a 262k-word vocabulary this removes
         most of the backward pass's cost; values and the gradient for ``h`` are unchanged."""
-        head = self.model.get_output_embeddings()
+        model: Any = self.model
+        head = model.get_output_embeddings()
         rows = self.head_rows
         if rows is None or not head.weight.requires_grad or getattr(head, "bias", None) is not None:
             out: torch.Tensor = head(h)
@@ -200,7 +201,8 @@ class LoadedBase:
         if rows.numel():
             picked = weight[rows]
             logits = logits.index_add(1, rows, h @ (picked - picked.detach()).T)
-        return logits
+        result: torch.Tensor = logits
+        return result
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
         """Mean token cross-entropy of each example (one value per row)."""
@@ -332,11 +334,22 @@ def build_tiny_t5() -> LoadedBase:
     from transformers import T5Config, T5ForConditionalGeneration
 
     tok = _tiny_tokenizer()
-    cfg = T5Config(
-        vocab_size=tok.vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-        num_heads=4, dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-        decoder_start_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    # A dict: these T5Config keywords are valid but missing from its typed signature.
+    kwargs: dict[str, Any] = dict(
+        vocab_size=tok.vocab_size,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
     )
+    cfg = T5Config(**kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = T5ForConditionalGeneration(cfg)
@@ -348,9 +361,16 @@ def build_tiny_causal() -> LoadedBase:
 
     tok = _tiny_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
         tie_word_embeddings=True,
     )
     with torch.random.fork_rng(devices=[]):
@@ -379,8 +399,8 @@ def build_gemma_270m() -> LoadedBase:
         config = AutoConfig.from_pretrained(root)
         # Built on the CPU (not the meta device) so that non-persistent buffers such as the
         # rotary frequencies are computed; the random init is then overwritten.
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        _missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         model.tie_weights()
         tok = AutoTokenizer.from_pretrained(root)
         base = LoadedBase("gemma-3-270m", "decoder-only", model, tok)

@@ -80,7 +80,7 @@ class SparseAdamW:
                 self.grads[name] = self.grads[name] + g if name in self.grads else g
                 param.grad = None
 
-            handles.append(p.register_post_accumulate_grad_hook(hook))
+            handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
         try:
             yield
         finally:
@@ -115,7 +115,11 @@ class SparseAdamW:
         self.grads = {}
 
     def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.index, self.exp_avg, self.exp_avg_sq) for t in d.values())
+        return sum(
+            t.numel() * t.element_size()
+            for d in (self.index, self.exp_avg, self.exp_avg_sq)
+            for t in d.values()
+        )
 
 
 def adafactor(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -123,8 +127,14 @@ def adafactor(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     scaling, no momentum (beta1=None), no weight decay."""
     from transformers.optimization import Adafactor
 
-    return Adafactor(
-        params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, beta1=None, weight_decay=0.0
+    return Adafactor(  # type: ignore[no-untyped-call]
+        params,
+        lr=lr,
+        scale_parameter=False,
+        relative_step=False,
+        warmup_init=False,
+        beta1=None,
+        weight_decay=0.0,
     )
 
 

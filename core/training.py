@@ -115,7 +115,13 @@ class _Run:
         should_stop: Callable[[], bool],
     ) -> None:
         self.task = get_task(spec.type)
-        self.spec, self.cfg, self.method, self.cb, self.should_stop = spec, cfg, method, callbacks, should_stop
+        self.spec, self.cfg, self.method, self.cb, self.should_stop = (
+            spec,
+            cfg,
+            method,
+            callbacks,
+            should_stop,
+        )
         self.model = copy.deepcopy(base.model)
         self.run = base.bind(self.model)
         self.sources = [self.task.source(ex, spec) for ex in train]
@@ -131,7 +137,9 @@ class _Run:
 
     # ------------------------------------------------------------------ losses
     def batch(self, ids: Sequence[int]) -> Any:
-        return self.run.collate([self.sources[i] for i in ids], [self.targets[i] for i in ids]).to(self.run.device)
+        return self.run.collate([self.sources[i] for i in ids], [self.targets[i] for i in ids]).to(
+            self.run.device
+        )
 
     def autocast(self) -> Any:
         return torch.autocast(self.run.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.bf16))
@@ -171,17 +179,28 @@ class _Run:
                 ids = torch.randperm(len(self.sources), generator=self.gen)[:n].tolist()
             new = M.top_k_mask(self.fisher(ids), self.k, self.gen)
         info = MaskRefreshInfo(
-            step=step, selected=M.count(new), total_parameters=self.total, overlap=M.overlap(self.mask, new),
-            touched=0.0, per_module_share=M.per_module_share(new), example_ids=ids,
-            example_losses={i: round(v, 6) for i, v in losses.items()}, seconds=0.0,
+            step=step,
+            selected=M.count(new),
+            total_parameters=self.total,
+            overlap=M.overlap(self.mask, new),
+            touched=0.0,
+            per_module_share=M.per_module_share(new),
+            example_ids=ids,
+            example_losses={i: round(v, 6) for i, v in losses.items()},
+            seconds=0.0,
         )
         self.mask, self.touched = new, M.union(self.touched, new)
         for name, p in self.params.items():
             p.requires_grad_(bool(new[name].any()))
         self.run.head_rows = self.head_rows(new)
         self.model.train()
-        info = MaskRefreshInfo(**{**info.__dict__, "touched": M.count(self.touched) / self.total,
-                                  "seconds": time.perf_counter() - t})
+        info = MaskRefreshInfo(
+            **{
+                **info.__dict__,
+                "touched": M.count(self.touched) / self.total,
+                "seconds": time.perf_counter() - t,
+            }
+        )
         self.history.append({"event": "mask_refresh", **info.__dict__})
         self.cb.on_mask_refresh(info)
 
@@ -189,7 +208,8 @@ class _Run:
         """Rows of a decoder-only model's output layer that hold masked entries."""
         if self.run.family != "decoder-only":
             return None
-        weight = self.model.get_output_embeddings().weight
+        model: Any = self.model
+        weight = model.get_output_embeddings().weight
         name = next((n for n, p in self.params.items() if p is weight), None)
         if name is None or weight.dim() != 2:
             return None
@@ -204,7 +224,9 @@ class _Run:
         # Sum in index order, so the same examples give bit-identical scores whatever order
         # they were chosen in (fish_dip ranks by loss, fish draws at random).
         ids_ = sorted(ids)
-        return M.fisher_scores(self.model, loss_of, range(len(ids_)), per_example=self.method.fisher == "per_example")
+        return M.fisher_scores(
+            self.model, loss_of, range(len(ids_)), per_example=self.method.fisher == "per_example"
+        )
 
     # ------------------------------------------------------------------ optimizer
     def build_optimizer(self) -> torch.optim.Optimizer | SparseAdamW:
@@ -221,19 +243,21 @@ class _Run:
             with opt.gather_gradients():
                 with self.autocast():
                     loss = self.run.batch_loss(batch)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
             opt.clip(self.cfg.max_grad_norm)
             opt.step()
             return float(loss.detach())
         with self.autocast():
             loss = self.run.batch_loss(batch)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if self.mask is not None:
             for name, p in self.params.items():
                 if p.grad is not None:
                     p.grad.mul_(self.mask[name])
         if self.cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None], self.cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(
+                [p for p in self.params.values() if p.grad is not None], self.cfg.max_grad_norm
+            )
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -264,8 +288,16 @@ def fit(
         cfg = replace(cfg, bf16=base.parameter_count() > BF16_AUTO_MIN_PARAMETERS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _fit(base, spec, train_examples, validation_examples, method, cfg, callbacks or Callbacks(),
-                    should_stop or _never)
+        return _fit(
+            base,
+            spec,
+            train_examples,
+            validation_examples,
+            method,
+            cfg,
+            callbacks or Callbacks(),
+            should_stop or _never,
+        )
 
 
 def _fit(

@@ -101,6 +101,27 @@ class Lease:
         return self.lost or self.cancel_requested
 
 
+class StepRate:
+    """Seconds per step as a moving average of recent steps. The time before the first step
+    (base loading, the first mask) and mask refreshes would skew a whole-run average, so the
+    ETA follows the steps themselves; refreshes still to come are not included."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self.per_step: float | None = None
+        self._last: tuple[int, float] | None = None
+
+    def update(self, step: int, elapsed_s: float) -> None:
+        if self._last is not None and step > self._last[0]:
+            sample = (elapsed_s - self._last[1]) / (step - self._last[0])
+            a = self.smoothing
+            self.per_step = sample if self.per_step is None else (1 - a) * self.per_step + a * sample
+        self._last = (step, elapsed_s)
+
+    def eta(self, step: int, total: int) -> float | None:
+        return None if self.per_step is None else round(self.per_step * max(0, total - step), 1)
+
+
 class JobCallbacks(core.Callbacks):
     """Streams progress into the job row and events, throttled to about one write a second."""
 
@@ -109,14 +130,16 @@ class JobCallbacks(core.Callbacks):
         self._job = job
         self._last_write = 0.0
         self.refreshes = 0
+        self._rate = StepRate()
 
     def on_step(self, info: core.StepInfo) -> None:
+        self._rate.update(info.step, info.elapsed_s)
         now = time.monotonic()
         last = info.step >= info.total_steps
         if not last and now - self._last_write < METRICS_EVENT_MIN_INTERVAL_S:
             return
         self._last_write = now
-        eta = info.elapsed_s / info.step * (info.total_steps - info.step) if info.step else None
+        eta = self._rate.eta(info.step, info.total_steps)
         loss = float(info.loss)
         lifecycle.progress(
             self._factory,

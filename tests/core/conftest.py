@@ -13,16 +13,36 @@ DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 # Short sentences written for these tests: a random-init tiny model can memorise them.
 NER_EXAMPLES: list[dict[str, Any]] = [
-    {"text": "Alice lives in Paris .", "entities": [{"start": 0, "end": 5, "label": "person"},
-                                                   {"start": 15, "end": 20, "label": "location"}]},
-    {"text": "Bob flew to Rome .", "entities": [{"start": 0, "end": 3, "label": "person"},
-                                             {"start": 12, "end": 16, "label": "location"}]},
-    {"text": "Carol met Dave in Oslo .", "entities": [{"start": 0, "end": 5, "label": "person"},
-                                                   {"start": 10, "end": 14, "label": "person"},
-                                                   {"start": 18, "end": 22, "label": "location"}]},
+    {
+        "text": "Alice lives in Paris .",
+        "entities": [
+            {"start": 0, "end": 5, "label": "person"},
+            {"start": 15, "end": 20, "label": "location"},
+        ],
+    },
+    {
+        "text": "Bob flew to Rome .",
+        "entities": [
+            {"start": 0, "end": 3, "label": "person"},
+            {"start": 12, "end": 16, "label": "location"},
+        ],
+    },
+    {
+        "text": "Carol met Dave in Oslo .",
+        "entities": [
+            {"start": 0, "end": 5, "label": "person"},
+            {"start": 10, "end": 14, "label": "person"},
+            {"start": 18, "end": 22, "label": "location"},
+        ],
+    },
     {"text": "It rained all day .", "entities": []},
-    {"text": "Eve visited Lima today .", "entities": [{"start": 0, "end": 3, "label": "person"},
-                                                  {"start": 12, "end": 16, "label": "location"}]},
+    {
+        "text": "Eve visited Lima today .",
+        "entities": [
+            {"start": 0, "end": 3, "label": "person"},
+            {"start": 12, "end": 16, "label": "location"},
+        ],
+    },
     {"text": "Frank stayed home .", "entities": [{"start": 0, "end": 5, "label": "person"}]},
 ]
 NER_SPEC = {"type": "ner", "labels": ["person", "location"]}

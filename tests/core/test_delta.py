@@ -13,14 +13,25 @@ import core
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]) -> core.FitResult:
-    return core.fit(tiny_t5, ner_spec, ner_train, method=core.MethodConfig(type="fish_dip", sparsity=0.05,
-                    refresh_every=5), config=core.TrainConfig(max_steps=12, batch_size=3, seed=1))
+def trained(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> core.FitResult:
+    return core.fit(
+        tiny_t5,
+        ner_spec,
+        ner_train,
+        method=core.MethodConfig(type="fish_dip", sparsity=0.05, refresh_every=5),
+        config=core.TrainConfig(max_steps=12, batch_size=3, seed=1),
+    )
 
 
-def test_delta_round_trip_reproduces_outputs_exactly(tmp_path: Path, tiny_t5: core.LoadedBase,
-                                                     trained: core.FitResult, ner_spec: core.TaskSpec,
-                                                     ner_train: list[dict[str, Any]]) -> None:
+def test_delta_round_trip_reproduces_outputs_exactly(
+    tmp_path: Path,
+    tiny_t5: core.LoadedBase,
+    trained: core.FitResult,
+    ner_spec: core.TaskSpec,
+    ner_train: list[dict[str, Any]],
+) -> None:
     info = core.save_delta(trained, tiny_t5, tmp_path / "m.safetensors")
     assert info.bytes == (tmp_path / "m.safetensors").stat().st_size and len(info.sha256) == 64
     # Refreshes moved more than one mask's worth of weights: the artifact keeps them all.
@@ -31,22 +42,33 @@ def test_delta_round_trip_reproduces_outputs_exactly(tmp_path: Path, tiny_t5: co
     assert delta.manifest["task"] == ner_spec.to_dict()
     assert delta.parameters_changed == info.parameters_changed
     applied = core.apply_delta(tiny_t5, delta)
-    for (n, a), (_, b) in zip(applied.model.named_parameters(), trained.model.named_parameters()):
+    for (n, a), (_, b) in zip(
+        applied.model.named_parameters(), trained.model.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), n
     batch = tiny_t5.collate([core.get_task("ner").source(ner_train[0], ner_spec)], ["x"])
     trained.model.eval()
     with torch.no_grad():
-        want = trained.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             decoder_input_ids=batch.decoder_input_ids).logits
-        got = applied.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            decoder_input_ids=batch.decoder_input_ids).logits
+        want = trained.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=batch.decoder_input_ids,
+        ).logits
+        got = applied.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=batch.decoder_input_ids,
+        ).logits
     assert torch.equal(want, got)
     texts = [ex["text"] for ex in ner_train]
-    assert core.extract(applied, ner_spec, texts) == core.extract(tiny_t5.bind(trained.model), ner_spec, texts)
+    assert core.extract(applied, ner_spec, texts) == core.extract(
+        tiny_t5.bind(trained.model), ner_spec, texts
+    )
 
 
-def test_delta_file_is_safetensors_with_manifest(tmp_path: Path, tiny_t5: core.LoadedBase,
-                                                 trained: core.FitResult) -> None:
+def test_delta_file_is_safetensors_with_manifest(
+    tmp_path: Path, tiny_t5: core.LoadedBase, trained: core.FitResult
+) -> None:
     core.save_delta(trained, tiny_t5, tmp_path / "m.safetensors")
     with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
         keys = list(f.keys())
@@ -57,31 +79,42 @@ def test_delta_file_is_safetensors_with_manifest(tmp_path: Path, tiny_t5: core.L
     assert manifest["library_version"] == core.__version__ and manifest["method"]["type"] == "fish_dip"
 
 
-def test_wrong_base_is_refused(tmp_path: Path, tiny_t5: core.LoadedBase, tiny_causal: core.LoadedBase,
-                               trained: core.FitResult) -> None:
+def test_wrong_base_is_refused(
+    tmp_path: Path, tiny_t5: core.LoadedBase, tiny_causal: core.LoadedBase, trained: core.FitResult
+) -> None:
     core.save_delta(trained, tiny_t5, tmp_path / "m.safetensors")
     delta = core.load_delta(tmp_path / "m.safetensors")
     with pytest.raises(core.BaseMismatch, match="tiny-t5"):
         core.apply_delta(tiny_causal, delta)
-    with pytest.raises(core.BaseMismatch):
-        with core.SharedBase(tiny_causal).use(delta):
-            pass
+    with pytest.raises(core.BaseMismatch), core.SharedBase(tiny_causal).use(delta):
+        pass
 
 
-def test_shared_base_swaps_deltas_and_restores_the_base(tmp_path: Path, tiny_t5: core.LoadedBase,
-                                                        trained: core.FitResult, ner_spec: core.TaskSpec,
-                                                        ner_train: list[dict[str, Any]]) -> None:
-    other = core.fit(tiny_t5, ner_spec, ner_train, method=core.MethodConfig(type="random", sparsity=0.05),
-                     config=core.TrainConfig(max_steps=4, batch_size=3, seed=2))
+def test_shared_base_swaps_deltas_and_restores_the_base(
+    tmp_path: Path,
+    tiny_t5: core.LoadedBase,
+    trained: core.FitResult,
+    ner_spec: core.TaskSpec,
+    ner_train: list[dict[str, Any]],
+) -> None:
+    other = core.fit(
+        tiny_t5,
+        ner_spec,
+        ner_train,
+        method=core.MethodConfig(type="random", sparsity=0.05),
+        config=core.TrainConfig(max_steps=4, batch_size=3, seed=2),
+    )
     core.save_delta(trained, tiny_t5, tmp_path / "a.safetensors")
     core.save_delta(other, tiny_t5, tmp_path / "b.safetensors")
     a, b = core.load_delta(tmp_path / "a.safetensors"), core.load_delta(tmp_path / "b.safetensors")
     shared = core.SharedBase(tiny_t5)
     for delta, ref in ((a, trained.model), (b, other.model), (a, trained.model)):
         with shared.use(delta) as run:
-            for (n, x), (_, y) in zip(run.model.named_parameters(), ref.named_parameters()):
+            for (n, x), (_, y) in zip(run.model.named_parameters(), ref.named_parameters(), strict=True):
                 assert torch.equal(x, y), n
     with shared.use(None) as run:
-        for (n, x), (_, y) in zip(run.model.named_parameters(), tiny_t5.model.named_parameters()):
+        for (n, x), (_, y) in zip(
+            run.model.named_parameters(), tiny_t5.model.named_parameters(), strict=True
+        ):
             assert torch.equal(x, y), n
     assert shared.swaps == 4

@@ -14,8 +14,14 @@ from core.optim import SparseAdamW
 from core.training import _Run
 
 
-def make_run(base: core.LoadedBase, spec: core.TaskSpec, train: list[dict[str, Any]], method: str,
-             optimizer: str = "adafactor", **kw: Any) -> _Run:
+def make_run(
+    base: core.LoadedBase,
+    spec: core.TaskSpec,
+    train: list[dict[str, Any]],
+    method: str,
+    optimizer: str = "adafactor",
+    **kw: Any,
+) -> _Run:
     m = MethodConfig(type=method, sparsity=0.01, **kw)  # type: ignore[arg-type]
     cfg = resolve_config(TrainConfig(optimizer=optimizer, batch_size=2, max_steps=6, seed=3), m, len(train))
     return _Run(base, spec, train, cfg, m, core.Callbacks(), lambda: False)
@@ -37,8 +43,9 @@ def test_top_k_breaks_ties_to_exactly_k() -> None:
         assert bool(mask["b"].all())
 
 
-def test_fisher_is_sum_of_squared_per_example_gradients(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
-                                                        ner_train: list[dict[str, Any]]) -> None:
+def test_fisher_is_sum_of_squared_per_example_gradients(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
     run = make_run(tiny_t5, ner_spec, ner_train, "fish")
     run.model.eval()
     ids = [0, 2]
@@ -59,7 +66,11 @@ def test_fisher_is_sum_of_squared_per_example_gradients(tiny_t5: core.LoadedBase
 @pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
 @pytest.mark.parametrize("method", ["fish_dip", "fish", "random"])
 def test_off_mask_parameters_are_bit_identical_after_every_step(
-    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]], method: str, optimizer: str
+    tiny_t5: core.LoadedBase,
+    ner_spec: core.TaskSpec,
+    ner_train: list[dict[str, Any]],
+    method: str,
+    optimizer: str,
 ) -> None:
     run = make_run(tiny_t5, ner_spec, ner_train, method, optimizer, refresh_every=2)
     run.choose_mask(0)
@@ -82,8 +93,9 @@ def test_off_mask_parameters_are_bit_identical_after_every_step(
     assert moved > 0  # the masked entries did train
 
 
-def test_fish_dip_chooses_the_highest_loss_examples(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
-                                                    ner_train: list[dict[str, Any]]) -> None:
+def test_fish_dip_chooses_the_highest_loss_examples(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
     seen: list[core.MaskRefreshInfo] = []
 
     class Spy(core.Callbacks):
@@ -102,8 +114,9 @@ def test_fish_dip_chooses_the_highest_loss_examples(tiny_t5: core.LoadedBase, ne
     assert abs(sum(info.per_module_share.values()) - 1.0) < 1e-3
 
 
-def test_fish_dip_with_all_examples_equals_fish(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
-                                               ner_train: list[dict[str, Any]]) -> None:
+def test_fish_dip_with_all_examples_equals_fish(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
     n = len(ner_train)
     a = make_run(tiny_t5, ner_spec, ner_train, "fish_dip", regressing_examples=n, refresh_every=10**6)
     b = make_run(tiny_t5, ner_spec, ner_train, "fish", regressing_examples=n)
@@ -113,8 +126,9 @@ def test_fish_dip_with_all_examples_equals_fish(tiny_t5: core.LoadedBase, ner_sp
     assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
 
 
-def test_random_mask_differs_from_fisher_mask(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec,
-                                              ner_train: list[dict[str, Any]]) -> None:
+def test_random_mask_differs_from_fisher_mask(
+    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
     a = make_run(tiny_t5, ner_spec, ner_train, "random")
     b = make_run(tiny_t5, ner_spec, ner_train, "fish")
     a.choose_mask(0)
@@ -143,8 +157,9 @@ def test_method_config_validation_lists_every_problem() -> None:
     assert MethodConfig.from_dict({"regressing_examples": "auto"}).regressing_examples is None
 
 
-def test_row_sparse_output_layer_gives_the_same_gradients(tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec,
-                                                          ner_train: list[dict[str, Any]]) -> None:
+def test_row_sparse_output_layer_gives_the_same_gradients(
+    tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
     run = make_run(tiny_causal, ner_spec, ner_train, "fish")
     weight = run.model.get_output_embeddings().weight
     rows = torch.tensor([3, 1012, 2000, 7])
@@ -154,7 +169,11 @@ def test_row_sparse_output_layer_gives_the_same_gradients(tiny_causal: core.Load
         run.run.head_rows = head_rows
         loss = run.run.batch_loss(run.batch([0, 1, 2]))
         loss.backward()
-        others = {n: p.grad.clone() for n, p in run.model.named_parameters() if p is not weight and p.grad is not None}
+        others = {
+            n: p.grad.clone()
+            for n, p in run.model.named_parameters()
+            if p is not weight and p.grad is not None
+        }
         return loss.detach(), {"weight": weight.grad.clone(), **others}
 
     dense_loss, dense = grads(None)

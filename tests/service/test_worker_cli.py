@@ -33,3 +33,14 @@ def test_bootstrap_key_creates_one_key_once(tmp_path: Path, monkeypatch: pytest.
         engine.dispose()
     finally:
         get_settings.cache_clear()
+
+
+def test_eta_follows_recent_steps_not_start_up() -> None:
+    from worker.tasks import StepRate
+
+    rate = StepRate(smoothing=0.5)
+    rate.update(1, 100.0)  # step 1 came after 100 s of loading and the first mask
+    assert rate.eta(1, 10) is None
+    rate.update(2, 102.0)
+    rate.update(3, 104.0)
+    assert rate.eta(3, 10) == 14.0
