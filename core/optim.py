@@ -123,14 +123,18 @@ class SparseAdamW:
 
 
 def adafactor(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """The paper's Adafactor: fixed external learning rate, no relative step, no parameter
-    scaling, no momentum (beta1=None), no weight decay."""
+    """Adafactor as the paper runs it (external learning rate with our linear decay, no
+    relative step, no momentum, no weight decay), with one deliberate difference: the step is
+    scaled by each tensor's RMS (``scale_parameter=True``). The paper's absolute rate 1e-2
+    suits T5, whose weights are large; on Gemma 3 270M (weights ~0.03) the same absolute
+    step diverged within two steps (loss 2.3 -> 44), while a relative step behaves alike
+    on both. A zero gradient still gives a zero update, so masking stays exact."""
     from transformers.optimization import Adafactor
 
     return Adafactor(  # type: ignore[no-untyped-call]
         params,
         lr=lr,
-        scale_parameter=False,
+        scale_parameter=True,
         relative_step=False,
         warmup_init=False,
         beta1=None,
