@@ -154,7 +154,7 @@ def load_delta(path: str | Path) -> SparseDelta:
     manifest = read_manifest(path)
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as f:
-        for key in f:
+        for key in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
             name, kind = key.rsplit("::", 1)
             if kind == "index":
                 tensors[name] = (f.get_tensor(key).long(), f.get_tensor(f"{name}::value"))
