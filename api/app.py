@@ -1,8 +1,8 @@
 """The FastAPI application: ``create_app(settings)``; ``app`` for ``uvicorn api.app:app``.
 
-Everything a request needs hangs off ``app.state``: settings, engine, session factory,
-artifact store, the enqueue function (injectable, for tests), the serving cache, the rate
-limiter and the metrics registry.
+Everything a request needs hangs off ``app.state``: settings, engine, session factory, the
+database admission slots (api/deps.py), artifact store, the enqueue function (injectable,
+for tests), the serving cache, the rate limiter and the metrics registry.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from api.deps import DbSlots
 from api.errors import ErrorEnvelope, install_error_handlers
 from api.middleware import BodySizeLimit, Metrics, RequestMetrics
 from api.ratelimit import TokenBuckets
 from api.routes import datasets, jobs, models, ops
 from store.artifacts import ArtifactStore, artifact_store_from_settings
-from store.db import engine_from_settings, make_session_factory
+from store.db import engine_from_settings, make_session_factory, pooled_connections
 from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def create_app(
     app.state.owns_engine = engine is None
     app.state.engine = engine or engine_from_settings(settings)
     app.state.session_factory = make_session_factory(app.state.engine)
+    app.state.db_slots = DbSlots(pooled_connections(app.state.engine))
     app.state.artifacts = artifacts or artifact_store_from_settings(settings)
     app.state.enqueue = enqueue or _default_enqueue(settings)
     app.state.broker_ok, app.state.queue_depth = _broker_probes(settings)

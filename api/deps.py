@@ -3,12 +3,24 @@
 One session per request: committed when the route returns normally, rolled back on any
 error, so a rejected request leaves no row behind. Work that must only happen once the
 rows are durable (enqueueing a job) is registered with :func:`after_commit`.
+
+Admission: a request takes one of :class:`DbSlots` (as many as the connections the engine's
+pool keeps open) on the event loop before it opens its session, and gives it back once the
+session is closed. The session itself is synchronous and runs in the thread pool across
+several hops (open, caller lookup, route, commit); if more requests held a session than
+there are connections, thread-pool threads would block waiting for a connection that only
+a request queued for a thread could give back, and every request would hang. With the
+slots, a request that holds a session always gets a connection without waiting, so no
+thread ever blocks on the pool, and surplus requests wait on the loop, holding no thread.
+The pool's overflow stays free for work that is not admitted (readiness and metrics probes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,7 +43,45 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def _session(request: Request) -> Iterator[Session]:
+class DbSlots:
+    """At most ``capacity`` requests inside a database session at once (None: no limit).
+
+    asyncio semaphores belong to one event loop; an app normally lives on one, but a test
+    may drive the same app from several loops in turn, so each loop gets its own.
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def semaphore(self) -> asyncio.Semaphore | None:
+        if self.capacity is None:
+            return None
+        loop = asyncio.get_running_loop()
+        sem = self._by_loop.get(loop)
+        if sem is None:
+            sem = self._by_loop[loop] = asyncio.Semaphore(self.capacity)
+        return sem
+
+
+async def _db_slot(request: Request) -> AsyncIterator[None]:
+    # Async on purpose: waiting for a slot must not occupy a thread-pool thread.
+    slots: DbSlots = request.app.state.db_slots
+    sem = slots.semaphore()
+    if sem is None:
+        yield
+        return
+    async with sem:
+        # Released only after _session (which depends on this) has closed its session.
+        yield
+
+
+DbSlotDep = Annotated[None, Depends(_db_slot, scope="function")]
+
+
+def _session(request: Request, _slot: DbSlotDep) -> Iterator[Session]:
     session: Session = request.app.state.session_factory()
     try:
         yield session

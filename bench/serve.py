@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -181,15 +182,15 @@ def bench_switch(base: Any, delta_paths: list[Path], n: int) -> dict[str, Any]:
     deltas = [core.load_delta(str(p)) for p in delta_paths]
     shared = core.SharedBase(base)
 
-    def swap(i: int) -> None:
+    swaps = []
+    for i in range(1, 2 * n + 1):
+        t0 = time.perf_counter()
         with shared.use(deltas[i % 2]):
             pass
-
-    swaps = [timed(lambda i=i: swap(i), 1)[0] for i in range(1, 2 * n + 1)]
+        swaps.append(time.perf_counter() - t0)
     full = core.apply_delta(base, deltas[1])
     ckpt_dir = Path(delta_paths[0]).parent / f"{base.name}-full"
-    full.model.save_pretrained(str(ckpt_dir))  # config + model.safetensors, tied weights once
-    ckpt = ckpt_dir / "model.safetensors"
+    ckpt = save_checkpoint(full.model, ckpt_dir)
     model_class = _auto_class(base.family)
     built = timed(lambda: model_class.from_pretrained(str(ckpt_dir), dtype=torch.float32), max(3, n // 20))
     loads = timed(lambda: load_model(full.model, str(ckpt), strict=False), max(5, n // 10))
@@ -200,6 +201,23 @@ def bench_switch(base: Any, delta_paths: list[Path], n: int) -> dict[str, Any]:
         "full_ckpt_bytes": ckpt.stat().st_size,
         "delta_bytes": [p.stat().st_size for p in delta_paths],
     }
+
+
+def save_checkpoint(model: Any, directory: Path) -> Path:
+    """A fine-tuned model as ``save_pretrained`` lays it out: config.json + model.safetensors
+    (tied weights stored once). Written by hand because transformers refuses to save a model
+    whose config still names the GGUF file Gemma was dequantised from; the weights are plain
+    fp32, so the quantisation entry is dropped."""
+    from safetensors.torch import save_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(str(directory))
+    path = directory / "model.safetensors"
+    save_model(model, str(path), metadata={"format": "pt"})
+    return path
 
 
 def _auto_class(family: str) -> Any:
@@ -229,8 +247,17 @@ def bench_extract(
             lat += timed(lambda: extract(model_ids[0], [SENTENCE]), 1)
             direct_lat += timed(direct, 1)
         one_of_32 = timed(lambda: extract(model_ids[0], TEXTS_32), 5)
-        singles = timed(lambda: [extract(model_ids[0], [t]) for t in TEXTS_32], 3)
-        alternating = [timed(lambda i=i: extract(model_ids[i % 2], [SENTENCE]), 1)[0] for i in range(n)]
+
+        def singles_run() -> None:
+            for t in TEXTS_32:
+                extract(model_ids[0], [t])
+
+        singles = timed(singles_run, 3)
+        alternating = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            extract(model_ids[i % 2], [SENTENCE])
+            alternating.append(time.perf_counter() - t0)
     concurrent_32 = asyncio.run(_concurrent_singles(port, headers, model_ids[0]))
     return {
         "p50": statistics.median(lat), "p99": pct(lat, 0.99),

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from store.settings import Settings
 
@@ -57,7 +58,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def engine_from_settings(settings: Settings) -> Engine:
-    return make_engine(settings.database_url)
+    url = normalise_url(settings.database_url)
+    if _in_memory_sqlite(url):
+        # One connection per thread (SingletonThreadPool): there is no pool to size.
+        return make_engine(url)
+    return make_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+
+
+def _in_memory_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (parsed.database or ":memory:") == ":memory:"
+
+
+def pooled_connections(engine: Engine) -> int | None:
+    """How many connections ``engine`` keeps open for reuse; None when it has no such
+    pool (a per-thread or null pool), so callers cannot be made to wait for one."""
+    pool = engine.pool
+    return pool.size() if isinstance(pool, QueuePool) else None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///var/broker.db"
     # file:///abs/path, a relative path, or s3://bucket/prefix (then the s3_* fields apply).
     artifact_url: str = "var/artifacts"
+    # Connections per process. The API admits at most db_pool_size requests into a database
+    # session at once (api/deps.py); the rest wait on the event loop. The overflow is kept
+    # for what is not admitted (readiness and metrics probes), so a probe never queues
+    # behind requests, and requests never use overflow connections, which SQLAlchemy
+    # closes on return and Postgres must fork a backend to reopen.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
