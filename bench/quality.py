@@ -1,0 +1,1097 @@
+"""Quality study: FISH-DIP against its baselines (fish, random, full) on real data.
+
+    python bench/quality.py run                 # lr sweep on dev, then the main runs, then the report
+    python bench/quality.py report              # aggregate whatever result files exist
+    python bench/quality.py run --quick         # smoke run: a few minutes on 2 CPU cores
+    python bench/quality.py run --quick --base tiny-t5   # seconds; results and report stay in bench/results/
+
+Every (phase, dataset, subset, seed, arm, lr) run writes one JSON file (atomically) under the
+results folder; a rerun skips finished files, so the study can be spread over several sittings.
+The learning rate of each (dataset, arm) is picked on the DEV subset (never test) from a sweep
+on one seed at the smallest subset; the main runs then score the test split. Every arm of a
+(dataset, subset, seed) gets the same training sentences, steps, batch size and evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import core  # noqa: E402
+from core.data import conll04_labels, read_conll, read_conll04, wnut17_labels  # noqa: E402
+from core.extract import predict  # noqa: E402
+
+log = logging.getLogger("quality")
+
+DATA_DIR = ROOT.parent / "shared" / "datasets"
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+DEFAULT_BASE = "gemma-3-270m"
+ARMS = ("fish_dip", "fish", "random", "full")
+SAMPLE_SEED = 0  # fixes the dev (and any test) subset: the same sentences for every run
+LOSS_POINTS = 100  # train-loss curve: windowed means, at most this many points
+FORMAT = 1
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Study:
+    base: str
+    datasets: tuple[str, ...]
+    fractions: tuple[float, ...]
+    train_size: int | None  # a fixed number of sentences instead of fractions (quick mode)
+    seeds: tuple[int, ...]
+    arms: tuple[str, ...]
+    steps: int | None  # None: core's auto (about 300)
+    batch_size: int
+    refresh_every: int
+    sparsity: float
+    dev_size: int
+    evals: int  # dev evaluations per run (the last at the final step)
+    test_size: int | None  # None: the full test split
+    eval_batch_size: int
+    sparse_lrs: tuple[float, ...]
+    full_lrs: tuple[float, ...]
+    sweep: bool
+    sweep_fraction: float
+    sweep_seed: int
+    device: str
+    quick: bool
+    data_dir: Path
+    results_dir: Path
+    report_path: Path
+    img_dir: Path
+    img_prefix: str
+    command: str = ""
+
+    def subsets(self) -> list[str]:
+        if self.train_size is not None:
+            return [f"n{self.train_size}"]
+        return [f"f{x:g}" for x in self.fractions]
+
+    def sweep_subset(self) -> str:
+        return f"n{self.train_size}" if self.train_size is not None else f"f{self.sweep_fraction:g}"
+
+    def grid(self, arm: str) -> tuple[float, ...]:
+        return self.full_lrs if arm == "full" else self.sparse_lrs
+
+    def comparable(self) -> dict[str, Any]:
+        """Settings that every result file in one results folder must share."""
+        keys = ("base", "steps", "batch_size", "refresh_every", "sparsity", "dev_size", "test_size")
+        return {k: getattr(self, k) for k in keys} | {"optimizer": "adamw", "format": FORMAT}
+
+
+@dataclass(frozen=True)
+class RunKey:
+    phase: str  # "sweep" (dev score only) | "main" (dev curve and test score)
+    dataset: str
+    subset: str  # "f0.01" = 1% of train, "n8" = 8 sentences
+    seed: int
+    arm: str
+    lr: float
+
+    def filename(self) -> str:
+        return f"{self.phase}__{self.dataset}__{self.subset}__seed{self.seed}__{self.arm}__lr{self.lr:g}.json"
+
+
+def subset_label(subset: str) -> str:
+    if subset.startswith("f"):
+        return f"{float(subset[1:]) * 100:g}%"
+    return f"{subset[1:]} sent."
+
+
+def subset_count(subset: str, n: int) -> int:
+    if subset.startswith("f"):
+        return max(1, min(n, round(float(subset[1:]) * n)))
+    return max(1, min(n, int(subset[1:])))
+
+
+def subset_ids(subset: str, n: int, seed: int) -> list[int]:
+    """The training sentences of a run: drawn by the seed, so every arm of a seed shares them."""
+    return sorted(random.Random(seed).sample(range(n), subset_count(subset, n)))
+
+
+def fixed_sample(items: Sequence[dict[str, Any]], size: int | None) -> list[dict[str, Any]]:
+    if size is None or size >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(random.Random(SAMPLE_SEED).sample(range(len(items)), size))]
+
+
+def auto_lr(arm: str) -> float:
+    """core's default AdamW rate for the arm, used when there is no sweep (quick mode)."""
+    cfg = core.resolve_config(core.TrainConfig(optimizer="adamw"), core.MethodConfig(type=arm), 1)  # type: ignore[arg-type]
+    return float(cfg.learning_rate or 0.0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    task: str
+    files: tuple[str, str, str]  # train, dev, test relative to the data folder
+    reader: Callable[[Path], list[dict[str, Any]]]
+    spec: Callable[[], dict[str, Any]]
+    metrics: tuple[tuple[str, str], ...]  # (summary key, column title)
+
+
+def _conll04_spec() -> dict[str, Any]:
+    entities, relations = conll04_labels()
+    return {"type": "joint_er", "labels": entities, "relation_labels": relations}
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "wnut17": DatasetInfo(
+        "ner",
+        ("wnut17/wnut17train.conll", "wnut17/emerging.dev.conll", "wnut17/emerging.test.annotated"),
+        read_conll,
+        lambda: {"type": "ner", "labels": wnut17_labels()},
+        (("entity_f1", "entity F1"),),
+    ),
+    "conll04": DatasetInfo(
+        "joint_er",
+        ("conll04/conll04_train.json", "conll04/conll04_dev.json", "conll04/conll04_test.json"),
+        read_conll04,
+        _conll04_spec,
+        (("entity_f1", "entity F1"), ("relation_f1", "relation F1 (strict)")),
+    ),
+}
+
+
+@dataclass
+class Data:
+    name: str
+    spec: core.TaskSpec
+    train: list[dict[str, Any]]
+    dev: list[dict[str, Any]]  # the fixed dev subset
+    test: list[dict[str, Any]]  # the full test split unless test_size is set
+
+
+def load_data(name: str, study: Study) -> Data:
+    info = DATASETS[name]
+    spec = core.TaskSpec.from_dict(info.spec())
+    task = core.get_task(spec.type)
+    splits: list[list[dict[str, Any]]] = []
+    for rel in info.files:
+        res = task.validate(spec, info.reader(study.data_dir / rel))
+        if res.problems:
+            raise SystemExit(f"{rel}: {len(res.problems)} invalid examples, first: {res.problems[0]}")
+        splits.append(res.examples)
+    train, dev, test = splits
+    return Data(name, spec, train, fixed_sample(dev, study.dev_size), fixed_sample(test, study.test_size))
+
+
+def summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers the study reports from a task metric dict (ner or joint_er)."""
+    if "entity" in metrics:
+        return {
+            "score": float(metrics["score"]),
+            "entity_f1": float(metrics["entity"]["f1"]),
+            "relation_f1": float(metrics["relation"]["f1"]),
+        }
+    return {"score": float(metrics["score"]), "entity_f1": float(metrics["f1"])}
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class Recorder(core.Callbacks):
+    """Collects curves and timings from core.fit's callbacks and logs progress."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total = name, total
+        self.losses: list[tuple[int, float]] = []
+        self.dev_curve: list[dict[str, Any]] = []
+        self.refreshes: list[dict[str, Any]] = []
+        self.step_s: list[float] = []
+        self.dev_eval_s = 0.0
+        self.refresh_s = 0.0
+        self.start = self.mark = time.perf_counter()
+
+    def on_step(self, info: core.StepInfo) -> None:
+        now = time.perf_counter()
+        if info.step > 1:  # step 1 also holds the model copy and optimizer set-up
+            self.step_s.append(now - self.mark)
+        self.mark = now
+        self.losses.append((info.step, info.loss))
+        every = max(1, self.total // 10)
+        if info.step % every == 0 or info.step == self.total:
+            log.info(
+                "%s: step %d/%d loss %.4f (%.0f s)",
+                self.name,
+                info.step,
+                self.total,
+                info.loss,
+                now - self.start,
+            )
+
+    def on_evaluation(self, info: core.EvalInfo) -> None:
+        now = time.perf_counter()
+        self.dev_eval_s += now - self.mark
+        self.mark = now
+        point = {"step": info.step, **summarize(info.metrics)}
+        self.dev_curve.append(point)
+        log.info("%s: dev at step %d: %s", self.name, info.step, _fmt_scores(point))
+
+    def on_mask_refresh(self, info: core.MaskRefreshInfo) -> None:
+        self.mark = time.perf_counter()
+        self.refresh_s += info.seconds
+        self.refreshes.append(
+            {
+                "step": info.step,
+                "selected": info.selected,
+                "total_parameters": info.total_parameters,
+                "overlap": info.overlap,
+                "touched": info.touched,
+                "per_module_share": info.per_module_share,
+                "example_ids": info.example_ids,
+                "seconds": round(info.seconds, 3),
+            }
+        )
+
+    def loss_curve(self) -> list[list[float]]:
+        """Windowed means of the training loss: [last step of the window, mean loss]."""
+        width = max(1, math.ceil(len(self.losses) / LOSS_POINTS))
+        out: list[list[float]] = []
+        for i in range(0, len(self.losses), width):
+            window = self.losses[i : i + width]
+            out.append([window[-1][0], round(statistics.fmean(v for _, v in window), 6)])
+        return out
+
+
+def _fmt_scores(point: Mapping[str, Any]) -> str:
+    names = {"entity_f1": "entity F1", "relation_f1": "relation F1"}
+    return ", ".join(f"{title} {100 * float(point[k]):.1f}" for k, title in names.items() if k in point)
+
+
+def study_steps(study: Study, n_train: int) -> int:
+    """One step count for every arm of a (dataset, subset): --steps, else core's auto."""
+    if study.steps is not None:
+        return study.steps
+    cfg = core.resolve_config(core.TrainConfig(batch_size=study.batch_size), core.MethodConfig(), n_train)
+    return int(cfg.total_steps or 0)
+
+
+def score_test(base: core.LoadedBase, result: core.FitResult, data: Data, batch_size: int) -> dict[str, Any]:
+    """The task's metric on the test examples, as core.evaluate computes it, at our batch size."""
+    task = core.get_task(data.spec.type)
+    run = base.bind(result.model)
+    run.model.eval()
+    preds = predict(run, data.spec, data.test, batch_size=batch_size)
+    return task.metric(data.spec, [task.gold(ex) for ex in data.test], preds)
+
+
+def execute(key: RunKey, study: Study, data: Data, base: core.LoadedBase) -> dict[str, Any]:
+    ids = subset_ids(key.subset, len(data.train), key.seed)
+    train = [data.train[i] for i in ids]
+    steps = study_steps(study, len(train))
+    method = core.MethodConfig(type=key.arm, sparsity=study.sparsity, refresh_every=study.refresh_every)  # type: ignore[arg-type]
+    cfg = core.TrainConfig(
+        max_steps=steps,
+        batch_size=study.batch_size,
+        learning_rate=key.lr,
+        optimizer="adamw",
+        seed=key.seed,
+        eval_every=max(1, steps // study.evals),
+    )
+    name = key.filename().removesuffix(".json")
+    log.info("%s: start (%d training sentences, %d steps)", name, len(train), steps)
+    rec = Recorder(name, steps)
+    t0 = time.perf_counter()
+    result = core.fit(
+        base, data.spec, train, validation_examples=data.dev, method=method, config=cfg, callbacks=rec
+    )
+    fit_s = time.perf_counter() - t0
+    test: dict[str, Any] | None = None
+    test_s = 0.0
+    if key.phase == "main":
+        t1 = time.perf_counter()
+        test = score_test(base, result, data, study.eval_batch_size)
+        test_s = time.perf_counter() - t1
+        log.info("%s: test %s (%.0f s)", name, _fmt_scores(summarize(test)), test_s)
+    out = {
+        "format": FORMAT,
+        "status": "done",
+        "key": asdict(key),
+        "study": study.comparable(),
+        "n_train": len(train),
+        "train_ids": ids,
+        "n_dev": len(data.dev),
+        "n_test": len(data.test),
+        "steps": steps,
+        "steps_run": result.steps,
+        "stopped": result.stopped,
+        "config": result.config.to_dict(),
+        "method": result.method.to_dict(),
+        "train_loss": result.train_loss,
+        "loss_curve": rec.loss_curve(),
+        "dev_curve": rec.dev_curve,
+        "dev_final": rec.dev_curve[-1] if rec.dev_curve else None,
+        "mask_refreshes": rec.refreshes,
+        "test": summarize(test) if test is not None else None,
+        "test_metrics": test,
+        "timing": {
+            "fit_s": round(fit_s, 3),
+            "dev_eval_s": round(rec.dev_eval_s, 3),
+            "mask_refresh_s": round(rec.refresh_s, 3),
+            "train_s": round(sum(rec.step_s), 3),
+            "step_s_median": round(statistics.median(rec.step_s), 4) if rec.step_s else None,
+            "test_eval_s": round(test_s, 3),
+        },
+        "environment": environment(base),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    del result
+    gc.collect()
+    return out
+
+
+def environment(base: core.LoadedBase) -> dict[str, Any]:
+    import torch
+
+    dev = base.device
+    name = (
+        torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    )
+    return {
+        "device": str(dev),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "core": core.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------- result files
+
+
+def write_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write to a temp file in the same folder, then rename: a killed run leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_result(study: Study, key: RunKey) -> dict[str, Any] | None:
+    path = study.results_dir / key.filename()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") == "done" else None
+
+
+def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> None:
+    """Refuse to mix runs made with other settings into one study folder."""
+    mine = study.comparable()
+    theirs = found.get("study") or {}
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        raise SystemExit(
+            f"{study.results_dir / key.filename()} was made with other settings "
+            f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+            "use another --results-dir for this study"
+        )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
+    if not study.sweep:
+        return []
+    subset = study.sweep_subset()
+    return [
+        RunKey("sweep", dataset, subset, study.sweep_seed, arm, lr)
+        for arm in study.arms
+        for lr in study.grid(arm)
+    ]
+
+
+def pick_lr(study: Study, dataset: str, arm: str) -> tuple[float | None, list[dict[str, Any]]]:
+    """(best lr by dev score, every finished sweep point); None until the arm's sweep is complete.
+
+    Ties (common at 1% data, where relation F1 is often 0) break on entity F1, then on the
+    smaller learning rate."""
+    if not study.sweep:
+        return auto_lr(arm), []
+    points: list[dict[str, Any]] = []
+    for key in sweep_keys(study, dataset):
+        if key.arm != arm:
+            continue
+        found = load_result(study, key)
+        if found is not None and found.get("dev_final"):
+            points.append({"lr": key.lr, **found["dev_final"]})
+    if len(points) < len(study.grid(arm)):
+        return None, points
+    best = max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
+    return float(best["lr"]), points
+
+
+def main_keys(study: Study, dataset: str) -> list[RunKey]:
+    keys: list[RunKey] = []
+    for arm in study.arms:
+        lr, _ = pick_lr(study, dataset, arm)
+        if lr is None:
+            continue
+        keys += [RunKey("main", dataset, s, seed, arm, lr) for s in study.subsets() for seed in study.seeds]
+    return keys
+
+
+@dataclass
+class Tally:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_keys(
+    study: Study, keys: Iterable[RunKey], data: Data, base_of: Callable[[], core.LoadedBase], tally: Tally
+) -> None:
+    for key in keys:
+        found = load_result(study, key)
+        if found is not None:
+            check_comparable(study, key, found)
+            log.info("skip (done): %s", key.filename())
+            tally.skipped.append(key.filename())
+            continue
+        result = execute(key, study, data, base_of())
+        write_atomic(study.results_dir / key.filename(), result)
+        log.info("wrote %s (fit %.0f s)", key.filename(), result["timing"]["fit_s"])
+        tally.ran.append(key.filename())
+
+
+def run_study(study: Study) -> Tally:
+    """Run every missing result of the study: per dataset the sweep first, then the main runs."""
+    tally = Tally()
+    loaded: list[core.LoadedBase] = []
+
+    def base_of() -> core.LoadedBase:  # load lazily: a rerun with nothing to do stays fast
+        if not loaded:
+            t0 = time.perf_counter()
+            loaded.append(core.load_base(study.base, device=study.device))
+            log.info("loaded base %s in %.0f s", study.base, time.perf_counter() - t0)
+        return loaded[0]
+
+    for dataset in study.datasets:
+        data = load_data(dataset, study)
+        log.info(
+            "%s: %d train / %d dev (subset) / %d test sentences",
+            dataset,
+            len(data.train),
+            len(data.dev),
+            len(data.test),
+        )
+        run_keys(study, sweep_keys(study, dataset), data, base_of, tally)
+        for arm in study.arms:
+            lr, points = pick_lr(study, dataset, arm)
+            if study.sweep:
+                log.info(
+                    "%s %s: picked lr %s from %s",
+                    dataset,
+                    arm,
+                    lr,
+                    {p["lr"]: round(p["score"], 4) for p in points},
+                )
+        run_keys(study, main_keys(study, dataset), data, base_of, tally)
+    log.info("ran %d, skipped %d finished runs", len(tally.ran), len(tally.skipped))
+    return tally
+
+
+# --------------------------------------------------------------------------- report: numbers
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def mean_std(values: Sequence[float], expected: int) -> str:
+    if len(values) < expected or not values:
+        return f"n/a ({len(values)} of {expected} seeds)"
+    if len(values) == 1:
+        return _pct(values[0])
+    return f"{_pct(statistics.fmean(values))} ± {_pct(statistics.stdev(values))}"
+
+
+@dataclass
+class Cell:
+    """The finished main runs of one (dataset, subset, arm) at its picked lr."""
+
+    dataset: str
+    subset: str
+    arm: str
+    lr: float | None
+    runs: dict[int, dict[str, Any]]  # seed -> result
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r["test"][metric]) for r in self.runs.values() if r.get("test")]
+
+    def timing(self, key: str) -> float | None:
+        vals = [float(r["timing"][key]) for r in self.runs.values() if r["timing"].get(key) is not None]
+        return statistics.fmean(vals) if vals else None
+
+
+def collect(study: Study) -> dict[tuple[str, str, str], Cell]:
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for dataset in study.datasets:
+        for arm in study.arms:
+            lr, _ = pick_lr(study, dataset, arm)
+            for subset in study.subsets():
+                runs: dict[int, dict[str, Any]] = {}
+                for seed in study.seeds:
+                    found = (
+                        None
+                        if lr is None
+                        else load_result(study, RunKey("main", dataset, subset, seed, arm, lr))
+                    )
+                    if found is not None:
+                        runs[seed] = found
+                cells[(dataset, subset, arm)] = Cell(dataset, subset, arm, lr, runs)
+    return cells
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def scores_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    rows = []
+    for (dataset, subset, arm), cell in cells.items():
+        metrics = DATASETS[dataset].metrics
+        scores = [f"{title}: {mean_std(cell.values(m), len(study.seeds))}" for m, title in metrics]
+        lr = "sweep incomplete" if cell.lr is None else f"{cell.lr:g}"
+        rows.append(
+            [
+                dataset,
+                subset_label(subset),
+                arm,
+                lr,
+                "; ".join(scores),
+                f"{len(cell.runs)}/{len(study.seeds)}",
+            ]
+        )
+    lines = [
+        "## Test scores",
+        "",
+        f"Mean ± standard deviation over seeds, in % (test split: "
+        f"{'full' if study.test_size is None else f'{study.test_size} sentences'}).",
+        "",
+    ]
+    return lines + table(["dataset", "train", "arm", "lr", "test", "seeds"], rows) + [""]
+
+
+def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    rows = []
+    for (dataset, subset, arm), cell in cells.items():
+        full = cells.get((dataset, subset, "full"))
+        if arm == "full" or full is None:
+            continue
+        for metric, title in DATASETS[dataset].metrics:
+            diffs: list[str] = []
+            values: list[float] = []
+            for seed in study.seeds:
+                a, b = cell.runs.get(seed), full.runs.get(seed)
+                if a and b and a.get("test") and b.get("test"):
+                    values.append(float(a["test"][metric]) - float(b["test"][metric]))
+                    diffs.append(f"{100 * values[-1]:+.1f}")
+                else:
+                    diffs.append("n/a")
+            mean = (
+                f"{100 * statistics.fmean(values):+.1f}"
+                if len(values) == len(study.seeds)
+                else f"n/a ({len(values)} of {len(study.seeds)} seeds)"
+            )
+            rows.append([dataset, subset_label(subset), arm, title, *diffs, mean])
+    if not rows:
+        return []
+    header = ["dataset", "train", "arm", "metric", *[f"seed {s}" for s in study.seeds], "mean"]
+    lines = [
+        "## Paired differences against full fine-tuning",
+        "",
+        "Test score of the arm minus that of `full` on the same seed (same training sentences), in points.",
+        "",
+    ]
+    return lines + table(header, rows) + [""]
+
+
+def sweep_section(study: Study) -> list[str]:
+    if not study.sweep:
+        lrs = ", ".join(f"{arm} {auto_lr(arm):g}" for arm in study.arms)
+        return ["## Learning rates", "", f"No sweep; fixed AdamW rates (core's defaults): {lrs}.", ""]
+    rows = []
+    for dataset in study.datasets:
+        for arm in study.arms:
+            best, points = pick_lr(study, dataset, arm)
+            by_lr = {p["lr"]: p for p in points}
+            for lr in study.grid(arm):
+                p = by_lr.get(lr)
+                dev = "not run" if p is None else _fmt_scores(p)
+                rows.append([dataset, arm, f"{lr:g}", dev, "yes" if best == lr else ""])
+    lines = [
+        "## Learning-rate sweep (dev)",
+        "",
+        f"Seed {study.sweep_seed}, training subset {subset_label(study.sweep_subset())}, scored on the "
+        f"fixed dev subset ({study.dev_size} sentences) at the last step; the best dev score "
+        "(CoNLL04: strict relation F1, then entity F1) picks the lr of the main runs.",
+        "",
+    ]
+    return lines + table(["dataset", "arm", "lr", "dev (%)", "picked"], rows) + [""]
+
+
+def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    def s(x: float | None, digits: int = 0) -> str:
+        return "n/a" if x is None else f"{x:.{digits}f}"
+
+    rows = []
+    for (dataset, subset, arm), cell in cells.items():
+        if not cell.runs:
+            continue
+        steps = statistics.fmean(float(r["steps_run"]) for r in cell.runs.values())
+        rows.append(
+            [
+                dataset,
+                subset_label(subset),
+                arm,
+                f"{steps:.0f}",
+                s(cell.timing("fit_s")),
+                s(cell.timing("train_s")),
+                s(cell.timing("step_s_median"), 3),
+                s(cell.timing("mask_refresh_s"), 1),
+                s(cell.timing("dev_eval_s")),
+                s(cell.timing("test_eval_s")),
+            ]
+        )
+    header = [
+        "dataset",
+        "train",
+        "arm",
+        "steps",
+        "fit s",
+        "train steps s",
+        "s/step (median)",
+        "mask refresh s",
+        "dev eval s",
+        "test eval s",
+    ]
+    lines = [
+        "## Wall time per arm",
+        "",
+        "Means over finished seeds. `fit s` is the whole core.fit call "
+        "(training steps, mask refreshes, dev evaluations, set-up).",
+        "",
+    ]
+    return lines + (table(header, rows) if rows else ["No finished runs."]) + [""]
+
+
+def mask_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    rows = []
+    for (dataset, subset, arm), cell in cells.items():
+        refreshes = [r["mask_refreshes"] for r in cell.runs.values() if r["mask_refreshes"]]
+        if not refreshes:
+            continue
+        overlaps = [m["overlap"] for rs in refreshes for m in rs if m["overlap"] is not None]
+        touched = statistics.fmean(rs[-1]["touched"] for rs in refreshes)
+        last = refreshes[0][-1]["per_module_share"]
+        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(last.items())[:3])
+        rows.append(
+            [
+                dataset,
+                subset_label(subset),
+                arm,
+                f"{statistics.fmean(len(rs) for rs in refreshes):.0f}",
+                "n/a" if not overlaps else f"{100 * statistics.fmean(overlaps):.1f}",
+                f"{100 * touched:.2f}",
+                top,
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "dataset",
+        "train",
+        "arm",
+        "masks chosen",
+        "mean overlap with previous mask %",
+        "parameters ever touched %",
+        "last mask by module (first seed)",
+    ]
+    return ["## Mask statistics", "", *table(header, rows), ""]
+
+
+# --------------------------------------------------------------------------- report: plots
+
+
+def _mean_by_step(
+    series: Iterable[Iterable[tuple[float, float]]],
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Mean, min and max across seeds of (step, value) series, at each step."""
+    by_step: dict[float, list[float]] = {}
+    for points in series:
+        for step, value in points:
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    return (
+        steps,
+        [statistics.fmean(by_step[s]) for s in steps],
+        [min(by_step[s]) for s in steps],
+        [max(by_step[s]) for s in steps],
+    )
+
+
+def _plot_mean(
+    ax: Any, series: list[list[tuple[float, float]]], label: str, scale: float = 1.0, stairs: bool = False
+) -> None:
+    if not any(series):
+        return
+    steps, mean, lo, hi = _mean_by_step(series)
+    style = "steps-post" if stairs else "default"
+    line = ax.plot(steps, [scale * v for v in mean], marker="o", markersize=3, label=label, drawstyle=style)
+    if len(series) > 1:
+        ax.fill_between(
+            steps,
+            [scale * v for v in lo],
+            [scale * v for v in hi],
+            alpha=0.15,
+            color=line[0].get_color(),
+            step="post" if stairs else None,
+        )
+
+
+def plot_curves(
+    study: Study, cells: Mapping[tuple[str, str, str], Cell], dataset: str, subset: str
+) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    arms = [cells[(dataset, subset, a)] for a in study.arms if cells[(dataset, subset, a)].runs]
+    if not arms:
+        return None
+    metrics = DATASETS[dataset].metrics
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 3.8), squeeze=False)
+    for cell in arms:
+        runs = list(cell.runs.values())
+        for ax, (metric, _) in zip(axes[0], metrics, strict=False):
+            _plot_mean(ax, [[(p["step"], p[metric]) for p in r["dev_curve"]] for r in runs], cell.arm, 100)
+        _plot_mean(axes[0][-1], [[(s, v) for s, v in r["loss_curve"]] for r in runs], cell.arm)
+    for ax, (_, title) in zip(axes[0], metrics, strict=False):
+        ax.set(title=f"dev {title} (%)", xlabel="step")
+    axes[0][-1].set(title="train loss (windowed mean)", xlabel="step")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{dataset}, train {subset_label(subset)}, {study.base} (mean over seeds, band = min..max)")
+    return _save(fig, study, f"dev-{dataset}-{subset}")
+
+
+def plot_masks(
+    study: Study, cells: Mapping[tuple[str, str, str], Cell], dataset: str, subset: str
+) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    arms = [
+        cells[(dataset, subset, a)] for a in study.arms if a != "full" and cells[(dataset, subset, a)].runs
+    ]
+    if not arms:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for cell in arms:
+        runs = list(cell.runs.values())
+        overlap = [
+            [(m["step"], m["overlap"]) for m in r["mask_refreshes"] if m["overlap"] is not None] for r in runs
+        ]
+        _plot_mean(left, overlap, cell.arm, 100)
+        touched = [_touched_series(r) for r in runs if r["mask_refreshes"]]
+        _plot_mean(right, touched, cell.arm, 100, stairs=True)
+    left.set(title="overlap with the previous mask (%)", xlabel="step")
+    right.set(title="parameters ever touched (%)", xlabel="step")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{dataset}, train {subset_label(subset)}: masks (mean over seeds)")
+    return _save(fig, study, f"mask-{dataset}-{subset}")
+
+
+def _touched_series(result: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """Touched share at each refresh, held to the last step (a fixed mask's share stays flat)."""
+    points = [(float(m["step"]), float(m["touched"])) for m in result["mask_refreshes"]]
+    if points[-1][0] < result["steps_run"]:
+        points.append((float(result["steps_run"]), points[-1][1]))
+    return points
+
+
+def _save(fig: Any, study: Study, stem: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    study.img_dir.mkdir(parents=True, exist_ok=True)
+    path = study.img_dir / f"{study.img_prefix}{stem}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- report
+
+
+def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    steps = sorted(
+        {
+            f"{d} {subset_label(s)}: {r['steps']} (dev eval every {r['config']['eval_every']})"
+            for (d, s, _), c in cells.items()
+            for r in c.runs.values()
+        }
+    )
+    train = sorted(
+        {f"{d} {subset_label(s)}: {r['n_train']}" for (d, s, _), c in cells.items() for r in c.runs.values()}
+    )
+    envs = sorted(
+        {
+            f"{r['environment']['device']} ({r['environment']['device_name']})"
+            for c in cells.values()
+            for r in c.runs.values()
+        }
+    )
+    return [
+        f"- base: `{study.base}`; arms: {', '.join(study.arms)}; seeds: {', '.join(map(str, study.seeds))} "
+        "(the seed draws the training subset)",
+        "- optimizer AdamW for every arm (sparse arms keep optimizer state only for masked entries); "
+        f"batch {study.batch_size}; sparsity {study.sparsity:g}; "
+        f"fish_dip refresh every {study.refresh_every} steps",
+        f"- steps per (dataset, train): {'; '.join(steps) or 'n/a'}",
+        f"- training sentences: {'; '.join(train) or 'n/a'}",
+        f"- dev curve: fixed dev subset of {study.dev_size} sentences",
+        f"- devices: {', '.join(envs) or 'n/a'}",
+    ]
+
+
+def write_report(study: Study) -> Path:
+    cells = collect(study)
+    title = (
+        "Quality study (quick smoke run)" if study.quick else "Quality study: FISH-DIP against its baselines"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated file, do not edit: written by `{study.command or 'python bench/quality.py report'}` on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the result files in "
+        f"`{_rel(study.results_dir, ROOT)}`.",
+        "",
+    ]
+    if study.quick:
+        lines += [
+            "Smoke mode: a handful of sentences and steps, to check the harness end to end. "
+            "The scores say nothing about the method.",
+            "",
+        ]
+    lines += [*settings_lines(study, cells), ""]
+    lines += scores_section(study, cells) + paired_section(study, cells) + sweep_section(study)
+    lines += timing_section(cells) + mask_section(cells)
+    plots = []
+    for dataset in study.datasets:
+        for subset in study.subsets():
+            for path in (
+                plot_curves(study, cells, dataset, subset),
+                plot_masks(study, cells, dataset, subset),
+            ):
+                if path is not None:
+                    plots.append(f"![{path.stem}]({_rel(path, study.report_path.parent)})")
+    if plots:
+        lines += ["## Plots", ""] + [p + "\n" for p in plots]
+    study.report_path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines).rstrip() + "\n"
+    tmp = study.report_path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, study.report_path)
+    return study.report_path
+
+
+def _rel(path: Path, start: Path) -> str:
+    """``path`` relative to ``start`` when both lie in the repo (links in docs/), else absolute."""
+    path, start = path.resolve(), start.resolve()
+    if not (path.is_relative_to(ROOT) and start.is_relative_to(ROOT)):
+        return str(path)
+    return os.path.relpath(path, start)
+
+
+# --------------------------------------------------------------------------- command line
+
+QUICK = {
+    "datasets": "wnut17",
+    "seeds": "1",
+    "arms": "fish_dip,full",
+    "train_size": 8,
+    "steps": 10,
+    "refresh_every": 5,
+    "dev_size": 10,
+    "test_size": 20,
+    "evals": 2,
+}
+NORMAL = {
+    "datasets": "wnut17,conll04",
+    "seeds": "1,2,3",
+    "arms": ",".join(ARMS),
+    "train_size": None,
+    "steps": None,
+    "refresh_every": 100,
+    "dev_size": 200,
+    "test_size": None,
+    "evals": 5,
+}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str, known: Iterable[str], what: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["run", "report"])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ", no sweep",
+    )
+    p.add_argument("--base", default=DEFAULT_BASE)
+    p.add_argument(
+        "--datasets", help=f"comma-separated, of {', '.join(DATASETS)} (default {NORMAL['datasets']})"
+    )
+    p.add_argument("--fractions", default="0.01,0.05", help="training subsets as fractions of train")
+    p.add_argument(
+        "--train-size", type=int, help="a fixed number of training sentences instead of --fractions"
+    )
+    p.add_argument("--seeds", help="comma-separated (default 1,2,3)")
+    p.add_argument("--arms", help=f"comma-separated, of {', '.join(ARMS)} (default all)")
+    p.add_argument("--steps", type=int, help="steps for every arm (default: core's auto, about 300)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--refresh-every", type=int, help="fish_dip mask refresh period (default 100)")
+    p.add_argument("--sparsity", type=float, default=0.01)
+    p.add_argument("--dev-size", type=int, help="fixed dev subset for the curves and the sweep (default 200)")
+    p.add_argument(
+        "--test-size", type=int, help="score on a fixed test subset (default: the full test split)"
+    )
+    p.add_argument("--evals", type=int, help="dev evaluations per run, for the curves (default 5)")
+    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--sparse-lrs", default="1e-3,3e-3,1e-2", help="lr grid of fish_dip, fish, random")
+    p.add_argument("--full-lrs", default="3e-5,1e-4,3e-4", help="lr grid of full")
+    p.add_argument("--no-sweep", action="store_true", help="use core's default AdamW lr per arm")
+    p.add_argument("--sweep-fraction", type=float, default=0.01)
+    p.add_argument("--sweep-seed", type=int, default=1)
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--results-dir", type=Path, help="default bench/results/quality[-quick][-BASE]")
+    p.add_argument("--report", type=Path, help="markdown report path (default docs/quality[-quick].md)")
+    p.add_argument("--img-dir", type=Path, help="plot folder (default docs/img)")
+    return p
+
+
+def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
+    preset = QUICK if args.quick else NORMAL
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return preset[name] if value is None else value
+
+    suffix = "" if args.base == DEFAULT_BASE else "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.base).name)
+    mode = "quality-quick" if args.quick else "quality"
+    results = args.results_dir or RESULTS / f"{mode}{suffix}"
+    # Reports of the real base go to docs/; other bases (tiny test models) stay with their results.
+    report = args.report or (DOCS / f"{mode}.md" if not suffix else results / "report.md")
+    img = args.img_dir or (DOCS / "img" if not suffix else results / "img")
+    return Study(
+        base=args.base,
+        datasets=_names(pick("datasets"), DATASETS, "dataset"),
+        fractions=_floats(args.fractions),
+        train_size=pick("train_size"),
+        seeds=tuple(int(x) for x in pick("seeds").split(",")),
+        arms=_names(pick("arms"), ARMS, "arm"),
+        steps=pick("steps"),
+        batch_size=args.batch_size,
+        refresh_every=pick("refresh_every"),
+        sparsity=args.sparsity,
+        dev_size=pick("dev_size"),
+        test_size=pick("test_size"),
+        evals=pick("evals"),
+        eval_batch_size=args.eval_batch_size,
+        sparse_lrs=_floats(args.sparse_lrs),
+        full_lrs=_floats(args.full_lrs),
+        sweep=not (args.no_sweep or args.quick),
+        sweep_fraction=args.sweep_fraction,
+        sweep_seed=args.sweep_seed,
+        device=args.device,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        results_dir=results,
+        report_path=report,
+        img_dir=img,
+        img_prefix="quick-" if args.quick else "",
+        command="python bench/quality.py " + " ".join(argv),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    study = study_from_args(args, argv)
+    if not core.is_known_base(study.base):
+        raise SystemExit(f"unknown base {study.base!r}")
+    if args.command == "run":
+        t0 = time.perf_counter()
+        run_study(study)
+        log.info("study run took %.0f s", time.perf_counter() - t0)
+    path = write_report(study)
+    print(_rel(path, Path.cwd()))  # the one line a caller reads; progress goes to the log
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""bench/quality.py on tiny-t5: result files, skip-if-done, settings guard, lr pick, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "datasets"
+# About 10 s on an idle machine: two tiny-t5 runs (training, dev and test generation) plus plots.
+pytestmark = [
+    pytest.mark.skipif(not (DATA / "wnut17").is_dir(), reason="shared datasets not present"),
+    pytest.mark.slow,
+]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+Q = _load()
+
+
+def tiny_args(out: Path, *extra: str) -> list[str]:
+    # The smallest study that still goes through every phase: 2 sentences, 1 step, 1 dev and test sentence.
+    return [
+        "--quick", "--base", "tiny-t5", "--train-size", "2", "--steps", "1", "--dev-size", "1",
+        "--test-size", "1", "--results-dir", str(out / "res"), "--report", str(out / "report.md"),
+        "--img-dir", str(out / "img"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("quality")
+    assert Q.main(["run", *tiny_args(out)]) == 0
+    return out
+
+
+def test_run_writes_one_file_per_run(tiny_study: Path) -> None:
+    files = sorted(p.name for p in (tiny_study / "res").iterdir())
+    assert files == [
+        "main__wnut17__n2__seed1__fish_dip__lr0.001.json",
+        "main__wnut17__n2__seed1__full__lr0.0001.json",
+    ]
+    result: dict[str, Any] = json.loads((tiny_study / "res" / files[0]).read_text())
+    assert result["status"] == "done" and result["steps_run"] == 1 and result["n_train"] == 2
+    assert result["dev_curve"] and result["dev_curve"][-1]["step"] == 1
+    assert set(result["test"]) == {"score", "entity_f1"}
+    assert result["mask_refreshes"][0]["step"] == 0 and result["mask_refreshes"][0]["touched"] > 0
+    full: dict[str, Any] = json.loads((tiny_study / "res" / files[1]).read_text())
+    assert full["train_ids"] == result["train_ids"]  # every arm of a seed trains on the same sentences
+    assert full["mask_refreshes"] == []
+
+
+def test_rerun_skips_finished_runs(tiny_study: Path) -> None:
+    args = Q.parser().parse_args(["run", *tiny_args(tiny_study)])
+    study = Q.study_from_args(args, [])
+    before = {p: p.stat().st_mtime_ns for p in (tiny_study / "res").iterdir()}
+    tally = Q.run_study(study)
+    assert tally.ran == [] and len(tally.skipped) == 2
+    assert {p: p.stat().st_mtime_ns for p in (tiny_study / "res").iterdir()} == before
+
+
+def test_rerun_with_other_settings_is_refused(tiny_study: Path) -> None:
+    with pytest.raises(SystemExit, match="other settings"):
+        Q.main(["run", *tiny_args(tiny_study, "--refresh-every", "7")])
+
+
+def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
+    report = (tiny_study / "report.md").read_text()
+    assert report.startswith("# Quality study (quick smoke run)") and "Generated file" in report
+    assert "| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1: " in report
+    assert "## Paired differences against full fine-tuning" in report and "## Mask statistics" in report
+    assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
+        "quick-dev-wnut17-n2.png",
+        "quick-mask-wnut17-n2.png",
+    ]
+    assert Q.main(["report", *tiny_args(tiny_study, "--seeds", "1,2")]) == 0
+    assert "n/a (1 of 2 seeds)" in (tiny_study / "report.md").read_text()
+
+
+def test_subsets_are_drawn_by_the_seed() -> None:
+    assert Q.subset_ids("f0.01", 3394, 1) == Q.subset_ids("f0.01", 3394, 1)
+    assert Q.subset_ids("f0.01", 3394, 1) != Q.subset_ids("f0.01", 3394, 2)
+    assert len(Q.subset_ids("f0.05", 922, 3)) == 46 and len(Q.subset_ids("n8", 3394, 1)) == 8
+    assert Q.subset_label("f0.01") == "1%" and Q.subset_label("n8") == "8 sent."
+
+
+def _sweep_file(study: Any, arm: str, lr: float, score: float, entity: float) -> None:
+    key = Q.RunKey("sweep", "conll04", study.sweep_subset(), study.sweep_seed, arm, lr)
+    dev = {"step": 3, "score": score, "entity_f1": entity, "relation_f1": score}
+    Q.write_atomic(study.results_dir / key.filename(), {"status": "done", "dev_final": dev})
+
+
+def test_lr_pick_waits_for_the_whole_grid_and_breaks_ties(tmp_path: Path) -> None:
+    grid = ["--sparse-lrs", "1e-3,3e-3,1e-2", "--results-dir", str(tmp_path)]
+    args = Q.parser().parse_args(
+        ["run", "--base", "tiny-t5", "--datasets", "conll04", "--arms", "fish", *grid]
+    )
+    study = Q.study_from_args(args, [])
+    _sweep_file(study, "fish", 1e-3, 0.0, 0.20)
+    _sweep_file(study, "fish", 3e-3, 0.0, 0.30)
+    assert Q.pick_lr(study, "conll04", "fish")[0] is None  # 1e-2 not run yet
+    assert Q.main_keys(study, "conll04") == []
+    _sweep_file(study, "fish", 1e-2, 0.0, 0.30)
+    lr, points = Q.pick_lr(study, "conll04", "fish")
+    assert lr == 3e-3 and len(points) == 3  # relation F1 tied at 0: entity F1, then the smaller lr
+    assert {k.subset for k in Q.main_keys(study, "conll04")} == {"f0.01", "f0.05"}
+    assert not list(tmp_path.glob(".*.tmp"))
