@@ -76,6 +76,7 @@ class TrainConfig:
     early_stop_patience: int = 20
     bf16: bool | None = None  # None: bf16 autocast for bases over 50M parameters (loss within ~0.2% of fp32)
     max_new_tokens: int | None = None
+    eval_batch_size: int = 32  # sentences decoded together during validation
     total_steps: int | None = None  # filled by resolve_config
 
     @classmethod
@@ -141,6 +142,7 @@ def _check_train(v: dict[str, Any]) -> list[Problem]:
         "seed",
         "early_stop_loss",
         "early_stop_patience",
+        "eval_batch_size",
     ):
         if key in v and v[key] is None:
             v.pop(key)
@@ -156,6 +158,7 @@ def _check_train(v: dict[str, Any]) -> list[Problem]:
         + _check_number(v, "eval_every", int, 1, 10**7)
         + _check_number(v, "early_stop_patience", int, 1, 10**7)
         + _check_number(v, "max_new_tokens", int, 1, 4096)
+        + _check_number(v, "eval_batch_size", int, 1, 4096)
     )
     if v.get("bf16") is not None and not isinstance(v["bf16"], bool):
         problems.append(Problem("/bf16", "bf16 must be true or false"))

@@ -336,7 +336,7 @@ def _fit(
         calm = calm + 1 if loss < cfg.early_stop_loss else 0
         done = calm >= cfg.early_stop_patience
         if validation and (step % int(cfg.eval_every or total) == 0 or step == total or done):
-            metrics = evaluate(r.run, spec, validation)
+            metrics = evaluate(r.run, spec, validation, cfg.eval_batch_size, cfg.max_new_tokens)
             r.history.append({"event": "evaluation", "step": step, "metrics": metrics})
             cb.on_evaluation(EvalInfo(step, metrics))
             r.model.train()
@@ -350,9 +350,15 @@ def _fit(
     return FitResult(r.model, base.name, cfg, method, spec, step, loss, metrics, r.history, final, stopped)
 
 
-def evaluate(run: LoadedBase, spec: TaskSpec, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def evaluate(
+    run: LoadedBase,
+    spec: TaskSpec,
+    examples: Sequence[Mapping[str, Any]],
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
     """The task's metric on ``examples`` with greedy decoding (model put in eval mode)."""
     task = get_task(spec.type)
     run.model.eval()
-    preds = predict(run, spec, list(examples))
+    preds = predict(run, spec, list(examples), batch_size, max_new_tokens)
     return task.metric(spec, [task.gold(ex) for ex in examples], preds)
