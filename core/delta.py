@@ -53,29 +53,42 @@ class DeltaInfo:
 @dataclass
 class SparseDelta:
     manifest: dict[str, Any]
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (flat index, values)
+    # name -> (flat index, values); index None: the tensor is stored whole (values = all of it)
+    tensors: dict[str, tuple[torch.Tensor | None, torch.Tensor]]
 
     @property
     def parameters_changed(self) -> int:
-        return sum(int(i.numel()) for i, _ in self.tensors.values())
+        return int(
+            self.manifest.get("parameters_changed", sum(int(v.numel()) for _, v in self.tensors.values()))
+        )
 
     @property
     def spec(self) -> TaskSpec:
         return TaskSpec.from_dict(self.manifest["task"])
 
 
-def diff(model: nn.Module, base: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Every entry whose bits differ from the base (so -0.0 vs 0.0 and NaN payloads count)."""
+def diff(
+    model: nn.Module, base: nn.Module
+) -> tuple[dict[str, tuple[torch.Tensor | None, torch.Tensor]], int]:
+    """Every entry whose bits differ from the base (so -0.0 vs 0.0 and NaN payloads count),
+    and how many there are. A tensor with more than half its entries changed is kept whole:
+    an index costs as much as a value, so that is smaller (full fine-tuning then stores no
+    more than a checkpoint)."""
     ref = dict(base.named_parameters())
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    total = 0
     for name, p in model.named_parameters():
         a = p.detach().to("cpu").reshape(-1)
         b = ref[name].detach().to("cpu").reshape(-1)
         changed = _bits(a) != _bits(b)
-        if bool(changed.any()):
+        n = int(changed.sum())
+        total += n
+        if n > a.numel() // 2:
+            out[name] = (None, a.clone())
+        elif n:
             idx = changed.nonzero().squeeze(1)
             out[name] = (idx.to(torch.int32) if a.numel() < 2**31 else idx, a[idx].clone())
-    return out
+    return out, total
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -100,12 +113,12 @@ def save_delta(
         metrics = metrics if metrics is not None else result.metrics
     if spec is None:
         raise CoreError("save_delta needs the task spec")
-    tensors = diff(model, base.model)
+    tensors, changed = diff(model, base.model)
     flat: dict[str, torch.Tensor] = {}
     for name, (idx, val) in tensors.items():
-        flat[f"{name}::index"] = idx.contiguous()
+        if idx is not None:
+            flat[f"{name}::index"] = idx.contiguous()
         flat[f"{name}::value"] = val.contiguous()
-    changed = sum(int(i.numel()) for i, _ in tensors.values())
     manifest = {
         "format": FORMAT,
         "library_version": __version__,
@@ -152,12 +165,14 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def load_delta(path: str | Path) -> SparseDelta:
     manifest = read_manifest(path)
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    tensors: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - a safe_open handle is not iterable
+        keys = set(f.keys())
+        for key in keys:
             name, kind = key.rsplit("::", 1)
-            if kind == "index":
-                tensors[name] = (f.get_tensor(key).long(), f.get_tensor(f"{name}::value"))
+            if kind == "value":
+                index = f"{name}::index"
+                tensors[name] = (f.get_tensor(index).long() if index in keys else None, f.get_tensor(key))
     return SparseDelta(manifest, tensors)
 
 
@@ -178,16 +193,20 @@ def _write(model: nn.Module, delta: SparseDelta, values: Mapping[str, torch.Tens
             if name not in params:
                 raise BaseMismatch(f"the base has no parameter {name!r}")
             flat = params[name].data.view(-1)
-            new = values[name] if values is not None else val
-            flat.index_copy_(0, idx.to(flat.device), new.to(flat.device, flat.dtype))
+            new = (values[name] if values is not None else val).to(flat.device, flat.dtype)
+            if idx is None:
+                flat.copy_(new)
+            else:
+                flat.index_copy_(0, idx.to(flat.device), new)
 
 
 def _base_values(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
-    return {
-        n: params[n].data.view(-1).index_select(0, i.to(params[n].device))
-        for n, (i, _) in delta.tensors.items()
-    }
+    out = {}
+    for n, (i, _) in delta.tensors.items():
+        flat = params[n].data.view(-1)
+        out[n] = flat.clone() if i is None else flat.index_select(0, i.to(flat.device))
+    return out
 
 
 def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:

@@ -118,3 +118,33 @@ def test_shared_base_swaps_deltas_and_restores_the_base(
         ):
             assert torch.equal(x, y), n
     assert shared.swaps == 4
+
+
+def test_full_fine_tuning_delta_is_no_bigger_than_a_checkpoint(
+    tmp_path: Path, tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
+    full = core.fit(
+        tiny_t5,
+        ner_spec,
+        ner_train,
+        method=core.MethodConfig(type="full"),
+        config=core.TrainConfig(max_steps=2, batch_size=3, optimizer="adamw", seed=4),
+    )
+    info = core.save_delta(full, tiny_t5, tmp_path / "full.safetensors")
+    checkpoint = sum(p.numel() * p.element_size() for p in tiny_t5.model.parameters())
+    assert info.bytes < 1.01 * checkpoint + 65536
+    delta = core.load_delta(tmp_path / "full.safetensors")
+    assert any(idx is None for idx, _ in delta.tensors.values())  # stored whole
+    assert delta.parameters_changed == info.parameters_changed
+    applied = core.apply_delta(tiny_t5, delta)
+    for (n, a), (_, b) in zip(applied.model.named_parameters(), full.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    shared = core.SharedBase(tiny_t5)
+    with shared.use(delta) as run:
+        assert all(
+            torch.equal(a, b) for a, b in zip(run.model.parameters(), full.model.parameters(), strict=True)
+        )
+    with shared.use(None) as run:
+        assert all(
+            torch.equal(a, b) for a, b in zip(run.model.parameters(), tiny_t5.model.parameters(), strict=True)
+        )
