@@ -1,8 +1,9 @@
 """The FastAPI application: ``create_app(settings)``; ``app`` for ``uvicorn api.app:app``.
 
 Everything a request needs hangs off ``app.state``: settings, engine, session factory, the
-database admission slots (api/deps.py), artifact store, the enqueue function (injectable,
-for tests), the serving cache, the rate limiter and the metrics registry.
+database admission slots (api/deps.py), the API-key cache (api/auth.py), artifact store,
+the enqueue function (injectable, for tests), the serving cache, the rate limiter and the
+metrics registry.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from api.auth import KeyCache
 from api.deps import DbSlots
 from api.errors import ErrorEnvelope, install_error_handlers
 from api.middleware import BodySizeLimit, Metrics, RequestMetrics
@@ -32,6 +34,10 @@ Every 4xx/5xx response body is the error envelope
 `{"error": {"type", "message", "details": [{"loc", "message"}]}}`.
 Limits: request body size (413), examples per job, text length, labels per task (422), and a per-key
 request rate (429 with Retry-After; enforced per API process, in memory).
+
+Authentication: `Authorization: Bearer <key>`. Each API process caches a key it has seen for
+`FISHDIP_AUTH_CACHE_SECONDS` (default 5 s), so a revoked key is refused within that many
+seconds of `fishdip keys revoke`; a newly created key works at once.
 """
 
 
@@ -96,6 +102,7 @@ def create_app(
     app.state.broker_ok, app.state.queue_depth = _broker_probes(settings)
     app.state.serving = None
     app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_minute)
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.metrics = Metrics()
 
     install_error_handlers(app)

@@ -1,7 +1,7 @@
 """The ``fishdip`` admin command.
 
     fishdip keys create --project NAME [--name N]   create a key (and the project); prints it once
-    fishdip keys revoke KEY_ID
+    fishdip keys revoke KEY_ID                      refused by the API within FISHDIP_AUTH_CACHE_SECONDS
     fishdip keys list
     fishdip migrate                                 alembic upgrade head
     fishdip serve | worker ...                      handled by worker.cli
@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key (the project is created if needed)")
     create.add_argument("--project", required=True, help="project name")
     create.add_argument("--name", default="", help="a label for the key")
-    revoke = keys.add_parser("revoke", help="revoke an API key")
+    revoke = keys.add_parser(
+        "revoke",
+        help="revoke an API key (refused within FISHDIP_AUTH_CACHE_SECONDS, default 5 s)",
+        description="Revoke an API key. Each API process caches keys it has seen for "
+        "FISHDIP_AUTH_CACHE_SECONDS (default 5), so running processes refuse the key within that time.",
+    )
     revoke.add_argument("key_id")
     keys.add_parser("list", help="list API keys (never their secrets)")
     sub.add_parser("migrate", help="upgrade the database schema to the latest revision")

@@ -2,22 +2,34 @@
 
 SQLite (embedded mode) gets WAL, foreign keys and a busy timeout on every connection so
 that the API and a worker process can share one file; Postgres goes through psycopg 3.
+
+Stale connections (a Postgres restart, an idle connection dropped by the network): a pooled
+connection that sat idle for at least ``ping_idle_seconds`` is pinged when checked out, and
+a dead one is replaced before the caller sees it (the pool then also discards every older
+connection). A connection reused sooner is not pinged: under load that saves a round trip
+per request, and a connection used within the last second is almost always alive. What a
+restart can still fail is what it fails anyway: the transactions in flight at that moment,
+plus the few checkouts of just-used connections that race the first detected disconnect.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from store.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_PING_IDLE_SECONDS = 1.0
+_CHECKED_IN_AT = "fishdip.checked_in_at"
 
 
 def normalise_url(url: str) -> str:
@@ -40,7 +52,31 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def _ping_idle_checkouts(engine: Engine, idle_seconds: float) -> None:
+    """Ping a connection on checkout only when it has been idle for ``idle_seconds``."""
+
+    def checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_CHECKED_IN_AT)
+        if last is None or time.monotonic() - last < idle_seconds:
+            return  # just connected, or in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # DisconnectionError makes the pool drop this connection and retry with a new one.
+            raise DisconnectionError("pooled connection is dead") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection is dead")
+
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
+
+
+def make_engine(url: str, ping_idle_seconds: float = DEFAULT_PING_IDLE_SECONDS, **kwargs: Any) -> Engine:
+    """``ping_idle_seconds`` applies to server databases unless ``pool_pre_ping`` is given
+    (which pings every checkout)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -53,8 +89,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_idle_checkouts(engine, ping_idle_seconds)
+    return engine
 
 
 def engine_from_settings(settings: Settings) -> Engine:
@@ -62,7 +100,12 @@ def engine_from_settings(settings: Settings) -> Engine:
     if _in_memory_sqlite(url):
         # One connection per thread (SingletonThreadPool): there is no pool to size.
         return make_engine(url)
-    return make_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    return make_engine(
+        url,
+        ping_idle_seconds=settings.db_ping_idle_seconds,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
 
 
 def _in_memory_sqlite(url: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from store.models import ApiKey, Dataset, Job, JobEvent, Model, Project, new_id, utcnow
 
@@ -92,12 +92,18 @@ class DatasetRepo:
         self.session.flush()
 
 
+# A job's examples (up to max_examples texts) are only needed to train it and for its
+# per-example statistics; loading them on every poll or page of jobs would parse them
+# each time. Deferred, they load on first access while the session is open.
+_WITHOUT_EXAMPLES = (defer(Job.training_examples), defer(Job.validation_examples))
+
+
 class JobRepo:
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def get(self, project_id: str, job_id: str) -> Job | None:
-        stmt = select(Job).where(Job.project_id == project_id, Job.id == job_id)
+        stmt = select(Job).where(Job.project_id == project_id, Job.id == job_id).options(*_WITHOUT_EXAMPLES)
         return self.session.scalars(stmt).first()
 
     def by_idempotency_key(self, project_id: str, key: str) -> Job | None:
@@ -121,7 +127,7 @@ class JobRepo:
         return True
 
     def page(self, project_id: str, status: str | None, after: str | None, limit: int) -> Page[Job]:
-        stmt = select(Job).where(Job.project_id == project_id)
+        stmt = select(Job).where(Job.project_id == project_id).options(*_WITHOUT_EXAMPLES)
         if status is not None:
             stmt = stmt.where(Job.status == status)
         return _newest_first_page(self.session, Job, stmt, after, limit)

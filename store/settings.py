@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # closes on return and Postgres must fork a backend to reopen.
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
+    # A pooled connection idle this long is pinged before reuse (store/db.py); 0 pings always.
+    db_ping_idle_seconds: float = Field(default=1.0, ge=0)
+    # API-key lookups are cached per API process for this long, so a revoked key keeps
+    # working for up to this many seconds; 0 looks every request up in the database.
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.convert import dataset_read
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.deps import CallerDep, SessionDep, SettingsDep, TransactionalRoute
 from api.errors import NotFound, errors
 from api.routes.common import After, Limit
 from api.routes.jobs import unknown_cursor
@@ -18,7 +18,7 @@ from api.services import datasets as service
 from api.services.validation import Problems
 from store.repositories import DatasetRepo, UnknownCursor
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=TransactionalRoute)
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {

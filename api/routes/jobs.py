@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from api.convert import event_read, job_read
-from api.deps import CallerDep, SessionDep, SettingsDep, after_commit
+from api.deps import CallerDep, SessionDep, SettingsDep, TransactionalRoute, after_commit
 from api.errors import ErrorDetail, NotFound, ValidationFailed, errors
 from api.routes.common import After, Limit
 from api.schemas import EventRead, ExamplesRead, JobCreate, JobRead, JobStatus, Page
@@ -17,7 +17,7 @@ from api.services import jobs as service
 from store.repositories import EventRepo, JobRepo, UnknownCursor
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=TransactionalRoute)
 
 
 def unknown_cursor(after: str) -> ValidationFailed:

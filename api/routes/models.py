@@ -8,12 +8,13 @@ import struct
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 import core
 from api.convert import model_read
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.deps import CallerDep, SessionDep, SettingsDep, TransactionalRoute, end_transaction
 from api.errors import ErrorDetail, NotFound, ServiceUnavailable, ValidationFailed, errors
 from api.routes.common import After, Limit
 from api.routes.jobs import unknown_cursor
@@ -23,13 +24,15 @@ from store.models import Model
 from store.repositories import ModelRepo, UnknownCursor
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TransactionalRoute)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own cap on its JSON header
 
 
-def _owned_model(model_id: str, session: SessionDep, caller: CallerDep) -> Model:
-    model = ModelRepo(session).get(caller.project_id, model_id)
+async def _owned_model(model_id: str, session: SessionDep, caller: CallerDep) -> Model:
+    # Async with one explicit hop: a sync dependency would cost one too, and this way the
+    # routes that need nothing else from the database (read, extract) can be async.
+    model = await anyio.to_thread.run_sync(ModelRepo(session).get, caller.project_id, model_id)
     if model is None:
         raise NotFound(f"no model {model_id!r}")
     return model
@@ -50,7 +53,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=errors(), summary="Read a model")
-def get_model(model: ModelDep) -> ModelRead:
+async def get_model(model: ModelDep) -> ModelRead:
     return model_read(model)
 
 
@@ -156,7 +159,7 @@ def get_artifact(
     description="Long texts are split into windows and merged back; offsets index the texts as sent.",
 )
 async def extract(
-    model: ModelDep, body: ExtractRequest, request: Request, settings: SettingsDep
+    model: ModelDep, body: ExtractRequest, request: Request, session: SessionDep, settings: SettingsDep
 ) -> ExtractResponse:
     inputs: list[Any] = list(body.texts if body.texts is not None else body.inputs or [])
     field = "texts" if body.texts is not None else "inputs"
@@ -177,5 +180,10 @@ async def extract(
     serving = getattr(request.app.state, "serving", None)
     if serving is None:
         raise ServiceUnavailable("extraction is not available on this server")
+    # End the transaction first: an extraction can take seconds, and meanwhile the request
+    # must hold neither a connection (idle in transaction) nor an admission slot, or long
+    # extractions would make every other request (job polling) wait. ``model`` keeps its
+    # loaded attributes (expire_on_commit=False).
+    await end_transaction(session)
     results = await serving.extract(model, inputs)
     return ExtractResponse(model_id=model.id, results=results)

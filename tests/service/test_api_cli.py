@@ -34,7 +34,10 @@ def test_keys_lifecycle_and_api_on_sqlite(tmp_path: Path) -> None:
     assert _run("--database-url", url, "keys", "list").count("acme") == 2
 
     settings = Settings(
-        database_url=url, broker_url="redis://127.0.0.1:6379/15", artifact_url=str(tmp_path / "a")
+        database_url=url,
+        broker_url="redis://127.0.0.1:6379/15",
+        artifact_url=str(tmp_path / "a"),
+        auth_cache_seconds=0,  # no key cache: the revocation below must show at once
     )
     sent: list[str] = []
     auth = {"Authorization": f"Bearer {secret.group(1)}"}

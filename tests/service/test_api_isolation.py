@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 from api_support import ner_job
 from fastapi.testclient import TestClient
 from safetensors.numpy import save_file
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.app import create_app
+from api.auth import KeyCache, KnownKey
 from store.artifacts import LocalArtifactStore
-from store.keys import revoke_key
+from store.keys import create_key, hash_secret, revoke_key
 from store.models import ApiKey, Job, Model, new_id
+from store.settings import Settings
 
 
 def _model_for(factory: sessionmaker[Session], job_id: str, artifacts: LocalArtifactStore, tmp: Path) -> str:
@@ -88,17 +93,61 @@ def test_other_project_gets_404_everywhere(
 
 
 def test_missing_invalid_and_revoked_keys_get_401(
-    client: TestClient, auth: dict[str, str], session_factory: sessionmaker[Session], api_key: str
+    settings: Settings,
+    engine: Engine,
+    artifacts: LocalArtifactStore,
+    session_factory: sessionmaker[Session],
+    api_key: str,
 ) -> None:
-    for headers in ({}, {"Authorization": "Bearer fdk_wrong"}, {"Authorization": "Basic abc"}):
-        r = client.get("/v1/jobs", headers=headers)
+    ttl = 0.5
+    app = create_app(
+        settings.model_copy(update={"auth_cache_seconds": ttl}), engine=engine, artifacts=artifacts
+    )
+    auth = {"Authorization": f"Bearer {api_key}"}
+    with TestClient(app) as client:
+        for headers in ({}, {"Authorization": "Bearer fdk_wrong"}, {"Authorization": "Basic abc"}):
+            r = client.get("/v1/jobs", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert client.get("/v1/jobs", headers=auth).status_code == 200  # now cached
+        with session_factory() as session:
+            key = session.query(ApiKey).filter_by(key_hash=hash_secret(api_key)).one()
+            assert key.key_hash != api_key  # stored hashed
+            revoke_key(session, key.id)
+            session.commit()
+        # The documented bound: refused once the cache entry is older than the TTL.
+        time.sleep(ttl + 0.1)
+        r = client.get("/v1/jobs", headers=auth)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    assert client.get("/v1/jobs", headers=auth).status_code == 200
-    from store.keys import hash_secret
+        assert client.get("/v1/jobs", headers=auth).status_code == 401  # refusals are not cached away
 
+
+def test_unknown_key_is_not_cached_so_a_new_key_works_at_once(
+    client: TestClient, session_factory: sessionmaker[Session], api_key: str
+) -> None:
     with session_factory() as session:
-        key = session.query(ApiKey).filter_by(key_hash=hash_secret(api_key)).one()
-        assert key.key_hash != api_key  # stored hashed
-        revoke_key(session, key.id)
+        created = create_key(session, f"late-{new_id('p')}")
+        session.rollback()  # not stored yet: the API must not know this secret
+    late = {"Authorization": f"Bearer {created.secret}"}
+    assert client.get("/v1/jobs", headers=late).status_code == 401
+    with session_factory() as session:
+        session.add(ApiKey(id=created.key_id, project_id=_project_of(session, api_key),
+                           name="late", key_hash=hash_secret(created.secret)))  # fmt: skip
         session.commit()
-    assert client.get("/v1/jobs", headers=auth).status_code == 401
+    assert client.get("/v1/jobs", headers=late).status_code == 200
+
+
+def _project_of(session: Session, secret: str) -> str:
+    return session.query(ApiKey).filter_by(key_hash=hash_secret(secret)).one().project_id
+
+
+def test_key_cache_expires_and_bounds_itself() -> None:
+    now = [0.0]
+    cache = KeyCache(5.0, clock=lambda: now[0])
+    cache.put("h", KnownKey(key_id="k", project_id="p"))
+    now[0] = 4.9
+    assert cache.get("h") == KnownKey(key_id="k", project_id="p")
+    now[0] = 5.0
+    assert cache.get("h") is None
+    off = KeyCache(0.0)
+    off.put("h", KnownKey(key_id="k", project_id="p"))
+    assert off.get("h") is None
