@@ -15,7 +15,8 @@ and prints, as ratios:
    as ``from_pretrained`` does (target >= 10x faster), and (b) the most favourable case,
    loading it into an already built model from a warm page cache;
 4. GET /v1/jobs/{id} p50/p99 with 100 clients, closed loop (back to back: the server's
-   throughput) and open loop (each polls once a second: the target, p99 < 50 ms).
+   throughput) and open loop (each polls once a second: the target, p99 < 50 ms), sent by
+   a cheap raw-asyncio keep-alive client, with the CPU of client and server beside them.
 
 ``--parts`` runs a subset (extract, switch, jobs); the GET measurement wants Postgres.
 
@@ -282,91 +283,201 @@ async def _concurrent_singles(port: int, headers: dict[str, str], model: str) ->
     return elapsed
 
 
-def _poll_clients(port: int, headers: dict[str, str], clients: int, timeout: float) -> Any:
-    import httpx
+# --- GET /v1/jobs/{id}: a load generator cheap enough not to be the bottleneck ---------------
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    return httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=timeout, limits=limits
-    )
+POLL_TIMEOUT_S = 10.0
+_CONTENT_LENGTH = b"\r\ncontent-length:"
 
 
-async def _get_job(c: Any, job_id: str, since: float, out: dict[str, list[Any]]) -> None:
-    """One GET; latency counted from ``since``. Failures (timeouts, 5xx) are counted, not
-    hidden: a p99 over the successes alone would flatter."""
-    import httpx
+class RawPoller:
+    """One keep-alive HTTP/1.1 connection that sends one fixed GET again and again.
 
+    httpx spends about 5 ms of CPU per request, more than the server (about 1.6 ms); on two
+    shared cores such a client falls behind its own schedule and reports its backlog as
+    server latency. This one writes prepared bytes and reads only the status line and
+    Content-Length (a few tens of microseconds), so the CPU goes to the server."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self._port = port
+        self._request = request
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self) -> str | None:
+        """Send the GET and read the whole answer. None for a 200, else why not (the status
+        or the exception's name); after an error the connection is reopened on next use."""
+        try:
+            async with asyncio.timeout(POLL_TIMEOUT_S):
+                if self._conn is None:
+                    self._conn = await asyncio.open_connection("127.0.0.1", self._port)
+                reader, writer = self._conn
+                writer.write(self._request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                lowered = head.lower()
+                await reader.readexactly(_content_length(lowered))
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
+            self.close()
+            return type(exc).__name__
+        if b"\r\nconnection: close" in lowered:
+            self.close()
+        status = head[9:12] if head.startswith(b"HTTP/1.1 ") else b"bad status line"
+        return None if status == b"200" else status.decode("ascii", "replace")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+
+def _content_length(lowered_head: bytes) -> int:
+    """The body's length; a response without one (chunked) is an error for this client."""
+    at = lowered_head.find(_CONTENT_LENGTH)
+    if at < 0:
+        raise ValueError("no Content-Length")
+    start = at + len(_CONTENT_LENGTH)
+    return int(lowered_head[start : lowered_head.index(b"\r\n", start)])
+
+
+def _job_request(port: int, secret: str, job_id: str) -> bytes:
+    return (
+        f"GET /v1/jobs/{job_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {secret}\r\n\r\n"
+    ).encode()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process from /proc (Linux only; None elsewhere)."""
     try:
-        r = await c.get(f"/v1/jobs/{job_id}")
-    except httpx.HTTPError as exc:
-        out["errors"].append(type(exc).__name__)
-        return
-    if r.status_code == 200:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Usage:
+    """Wall time and the CPU of this process (the load generator) and of the server over a
+    measurement, so a reader can see which of the two was short of CPU."""
+
+    def __init__(self, server_pid: int, wall_start: float | None = None) -> None:
+        self._server_pid = server_pid
+        self._wall = time.perf_counter() if wall_start is None else wall_start
+        self._client = time.process_time()
+        self._server = _cpu_seconds(server_pid)
+
+    def stop(self, out: dict[str, Any]) -> None:
+        out["elapsed"] = time.perf_counter() - self._wall
+        out["client_cpu_s"] = time.process_time() - self._client
+        server = _cpu_seconds(self._server_pid)
+        out["server_cpu_s"] = None if server is None or self._server is None else server - self._server
+
+
+async def _poll(conn: RawPoller, since: float, out: dict[str, Any]) -> None:
+    """One GET, its latency counted from ``since``. Failures (timeouts, non-200s) are
+    counted, not hidden: a p99 over the successes alone would flatter."""
+    error = await conn.get()
+    if error is None:
         out["latencies"].append(time.perf_counter() - since)
     else:
-        out["errors"].append(str(r.status_code))
+        out["errors"].append(error)
 
 
-async def _warm_connections(c: Any, job_id: str, clients: int) -> None:
-    """One unrecorded GET per client, so connection set-up is not counted as latency."""
-    scratch: dict[str, list[Any]] = {"latencies": [], "errors": []}
-    await asyncio.gather(*(_get_job(c, job_id, time.perf_counter(), scratch) for _ in range(clients)))
+async def _open_pollers(
+    port: int, secret: str, job_id: str, clients: int
+) -> tuple[list[RawPoller], list[str]]:
+    """``clients`` connections, each with one unrecorded GET, so connection set-up is not
+    counted as latency. Returns the connections and the warm-up failures."""
+    request = _job_request(port, secret, job_id)
+    conns = [RawPoller(port, request) for _ in range(clients)]
+    errors = await asyncio.gather(*(c.get() for c in conns))
+    return conns, [f"warm-up {e}" for e in errors if e is not None]
 
 
-async def closed_loop_gets(port: int, headers: dict[str, str], job_id: str, clients: int) -> dict[str, Any]:
+async def closed_loop_gets(
+    port: int, secret: str, job_id: str, clients: int, server_pid: int
+) -> dict[str, Any]:
     """``clients`` connections, each sending 10 GETs back to back: the server's saturation
     throughput; each latency is then at least ``clients / throughput``."""
-    out: dict[str, list[Any]] = {"latencies": [], "errors": []}
-    async with _poll_clients(port, headers, clients, timeout=10) as c:
-        await _warm_connections(c, job_id, clients)
+    conns, warm_errors = await _open_pollers(port, secret, job_id, clients)
+    out: dict[str, Any] = {"latencies": [], "errors": warm_errors}
 
-        async def client() -> None:
-            for _ in range(10):
-                await _get_job(c, job_id, time.perf_counter(), out)
+    async def client(conn: RawPoller) -> None:
+        for _ in range(10):
+            await _poll(conn, time.perf_counter(), out)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        out["elapsed"] = [time.perf_counter() - t0]
+    usage = _Usage(server_pid)
+    await asyncio.gather(*(client(c) for c in conns))
+    usage.stop(out)
+    for c in conns:
+        c.close()
     return out
 
 
 async def open_loop_gets(
-    port: int, headers: dict[str, str], job_id: str, clients: int, seconds: int
+    port: int, secret: str, job_id: str, clients: int, seconds: int, server_pid: int
 ) -> dict[str, Any]:
     """``clients`` pollers, each asking once a second on its own schedule (staggered evenly
     over the second), as clients poll a job. Latency runs from when the poll was due, not
-    when it was sent, so a server that falls behind cannot hide its backlog."""
-    out: dict[str, list[Any]] = {"latencies": [], "errors": []}
-    async with _poll_clients(port, headers, clients, timeout=10) as c:
-        await _warm_connections(c, job_id, clients)
-        start = time.perf_counter() + 0.5
+    when it was sent, so a server that falls behind cannot hide its backlog. ``send_lag``
+    (sent minus due) shows whether the generator itself kept to the schedule."""
+    conns, warm_errors = await _open_pollers(port, secret, job_id, clients)
+    out: dict[str, Any] = {"latencies": [], "errors": warm_errors, "send_lag": []}
+    start = time.perf_counter() + 0.5
 
-        async def poller(i: int) -> None:
-            for k in range(seconds):
-                due = start + i / clients + k
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                await _get_job(c, job_id, due, out)
+    async def poller(i: int, conn: RawPoller) -> None:
+        for k in range(seconds):
+            due = start + i / clients + k
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            out["send_lag"].append(time.perf_counter() - due)
+            await _poll(conn, due, out)
 
-        await asyncio.gather(*(poller(i) for i in range(clients)))
-        out["elapsed"] = [time.perf_counter() - start]
+    usage = _Usage(server_pid, wall_start=start)  # the 0.5 s before the first poll is idle
+    await asyncio.gather(*(poller(i, c) for i, c in enumerate(conns)))
+    usage.stop(out)
+    for c in conns:
+        c.close()
     return out
 
 
 def _latency_summary(result: dict[str, Any]) -> dict[str, Any]:
     lat = result["latencies"] or [float("nan")]
-    return {
+    requests = len(result["latencies"]) + len(result["errors"])
+    summary = {
         "p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * pct(lat, 0.99), "max_ms": 1e3 * max(lat),
         "ok": len(result["latencies"]),
         "failed": {e: result["errors"].count(e) for e in set(result["errors"])},
-        "throughput_rps": len(result["latencies"]) / result["elapsed"][0],
+        "throughput_rps": len(result["latencies"]) / result["elapsed"],
     }  # fmt: skip
+    if result.get("send_lag"):
+        summary["send_lag_p99_ms"] = 1e3 * pct(result["send_lag"], 0.99)
+    summary.update(_cpu_summary(result, requests))
+    return summary
 
 
-def bench_jobs(port: int, secret: str, job_id: str, clients: int, seconds: int) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {secret}"}
-    closed = asyncio.run(closed_loop_gets(port, headers, job_id, clients))
-    opened = asyncio.run(open_loop_gets(port, headers, job_id, clients, seconds))
-    return {"closed_loop": _latency_summary(closed), "open_loop": _latency_summary(opened)}
+def _cpu_summary(result: dict[str, Any], requests: int) -> dict[str, Any]:
+    """CPU as a share of one core over the run, and per request."""
+    out: dict[str, Any] = {}
+    for side in ("client", "server"):
+        cpu = result[f"{side}_cpu_s"]
+        if cpu is not None:
+            out[f"{side}_cpu_pct_of_core"] = 100 * cpu / result["elapsed"]
+            out[f"{side}_cpu_ms_per_request"] = 1e3 * cpu / max(1, requests)
+    return out
+
+
+def bench_jobs(
+    port: int, secret: str, job_id: str, clients: int, seconds: int, server_pid: int
+) -> dict[str, Any]:
+    closed = asyncio.run(closed_loop_gets(port, secret, job_id, clients, server_pid))
+    opened = asyncio.run(open_loop_gets(port, secret, job_id, clients, seconds, server_pid))
+    return {
+        "closed_loop": _latency_summary(closed),
+        "open_loop": _latency_summary(opened),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def _arguments() -> argparse.Namespace:
@@ -429,7 +540,9 @@ def main() -> int:
                 http = bench_extract(port, stored["secret"], stored["models"], args.requests, direct)
                 report.update(_extract_report(http))
             if "jobs" in args.parts:
-                jobs = bench_jobs(port, stored["secret"], stored["jobs"][0], args.clients, args.poll_seconds)
+                jobs = bench_jobs(
+                    port, stored["secret"], stored["jobs"][0], args.clients, args.poll_seconds, server.pid
+                )
                 report["get_job"] = {"clients": args.clients, **jobs, "target": "open loop p99 < 50 ms"}
         finally:
             _stop(server)
