@@ -1,10 +1,13 @@
 """Sparse-delta models: only the parameters that differ from the base, in one safetensors file.
 
-Layout: for every changed parameter ``name``, two tensors ``name::index`` (flat positions,
-int32 where the tensor is small enough, else int64) and ``name::value`` (the fine-tuned
-values, in the parameter's dtype: storing values rather than differences makes applying
-exact). The JSON manifest sits in the file's metadata under ``fishdip_manifest``, so the
-artifact is a single file that ``safetensors`` (never pickle) reads.
+Layout: for every changed parameter ``name``, its changed positions and ``name::value``
+(the fine-tuned values, in the parameter's dtype: storing values rather than differences
+makes applying exact). Positions are stored the cheapest way: ``name::index`` (flat
+positions, int32 where the tensor is small enough) when few entries changed, ``name::bits``
+(a packed bitmap, one bit per entry) when more than 1 in 32 did, and nothing when more than
+half did (the tensor is stored whole). The JSON manifest sits in the file's metadata under
+``fishdip_manifest``, so the artifact is a single file that ``safetensors`` (never pickle)
+reads.
 
 :class:`SharedBase` keeps one resident copy of a base for serving and swaps deltas in and
 out of it: applying writes the delta's values at its indices, reverting writes the base's
@@ -26,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -115,8 +119,11 @@ def save_delta(
         raise CoreError("save_delta needs the task spec")
     tensors, changed = diff(model, base.model)
     flat: dict[str, torch.Tensor] = {}
+    numel = {n: p.numel() for n, p in base.model.named_parameters()}
     for name, (idx, val) in tensors.items():
-        if idx is not None:
+        if idx is not None and idx.numel() * 32 > numel[name]:
+            flat[f"{name}::bits"] = _pack(idx, numel[name])
+        elif idx is not None:
             flat[f"{name}::index"] = idx.contiguous()
         flat[f"{name}::value"] = val.contiguous()
     manifest = {
@@ -170,10 +177,26 @@ def load_delta(path: str | Path) -> SparseDelta:
         keys = set(f.keys())
         for key in keys:
             name, kind = key.rsplit("::", 1)
-            if kind == "value":
-                index = f"{name}::index"
-                tensors[name] = (f.get_tensor(index).long() if index in keys else None, f.get_tensor(key))
+            if kind != "value":
+                continue
+            index: torch.Tensor | None = None
+            if f"{name}::index" in keys:
+                index = f.get_tensor(f"{name}::index").long()
+            elif f"{name}::bits" in keys:
+                index = _unpack(f.get_tensor(f"{name}::bits"))
+            tensors[name] = (index, f.get_tensor(key))
     return SparseDelta(manifest, tensors)
+
+
+def _pack(idx: torch.Tensor, numel: int) -> torch.Tensor:
+    bits = np.zeros(numel, dtype=np.uint8)
+    bits[idx.long().numpy()] = 1
+    return torch.from_numpy(np.packbits(bits))
+
+
+def _unpack(packed: torch.Tensor) -> torch.Tensor:
+    bits = np.unpackbits(packed.numpy())
+    return torch.from_numpy(np.flatnonzero(bits)).long()
 
 
 def check_base(base: LoadedBase, delta: SparseDelta) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_delta_file_is_safetensors_with_manifest(
     with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
         keys = list(f.keys())
         meta = f.metadata()
-    assert keys and all(k.endswith(("::index", "::value")) for k in keys)
+    assert keys and all(k.endswith(("::index", "::bits", "::value")) for k in keys)
     assert "fishdip_manifest" in meta
     manifest = core.read_manifest(tmp_path / "m.safetensors")
     assert manifest["library_version"] == core.__version__ and manifest["method"]["type"] == "fish_dip"
@@ -148,3 +149,24 @@ def test_full_fine_tuning_delta_is_no_bigger_than_a_checkpoint(
         assert all(
             torch.equal(a, b) for a, b in zip(run.model.parameters(), tiny_t5.model.parameters(), strict=True)
         )
+
+
+@pytest.mark.parametrize("share", [0.001, 0.1, 0.9])
+def test_positions_are_stored_the_cheapest_way_and_read_back(
+    tmp_path: Path, tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, share: float
+) -> None:
+    model = copy.deepcopy(tiny_t5.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_((torch.rand(p.shape, generator=gen) < share) * 0.5)
+    info = core.save_delta(model, tiny_t5, tmp_path / "d.safetensors", spec=ner_spec)
+    with safe_open(str(tmp_path / "d.safetensors"), framework="pt") as f:
+        kinds = {k.rsplit("::", 1)[1] for k in f.keys()}  # noqa: SIM118
+    assert kinds == {0.001: {"index", "value"}, 0.1: {"bits", "value"}, 0.9: {"value"}}[share]
+    applied = core.apply_delta(tiny_t5, core.load_delta(tmp_path / "d.safetensors"))
+    for (n, a), (_, b) in zip(applied.model.named_parameters(), model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    assert info.parameters_changed == sum(
+        int((a != b).sum()) for a, b in zip(model.parameters(), tiny_t5.model.parameters(), strict=True)
+    )
