@@ -322,3 +322,23 @@ def entities_of(
 def check_max_chars(c: Collector, text: str, loc: str, max_chars: int) -> None:
     if len(text) > max_chars:
         c.add(loc, f"text is {len(text)} chars; the limit is {max_chars}")
+
+
+def structured_inputs_problems(
+    raw: Sequence[Any],
+    max_chars: int,
+    parse: Callable[[Collector, Any, str], Any],
+    text_of: Callable[[Any], tuple[str, str]],
+) -> list[Problem]:
+    """Extraction inputs in a task's own shape: ``parse`` checks one item (recording its
+    problems) and returns it or None; ``text_of`` gives the text to length-check and the loc
+    suffix to report it under."""
+    c = Collector()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        return [Problem("", "inputs must be a list")]
+    for i, item in enumerate(raw):
+        found = parse(c, item, f"/{i}")
+        if found is not None:
+            text, suffix = text_of(found)
+            check_max_chars(c, text, f"/{i}{suffix}", max_chars)
+    return c.problems

@@ -14,7 +14,7 @@ from ..errors import Problem, pointer
 from . import metrics
 from .augmented import MARKERS, analyse, keys_of
 from .base import Decoded, Task, TaskSpec, ValidationResult
-from .checks import Collector, check_max_chars, check_object, run_validation
+from .checks import Collector, check_object, run_validation, structured_inputs_problems
 from .verbaliser import Verbaliser
 
 BELIEF = "[belief]"
@@ -78,14 +78,7 @@ class DstTask(Task):
         return metrics.joint_goal_accuracy(golds, preds)
 
     def validate_inputs(self, raw: Sequence[Any], max_chars: int) -> list[Problem]:
-        c = Collector()
-        if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-            return [Problem("", "inputs must be a list")]
-        for i, item in enumerate(raw):
-            turns = _turns(c, item, f"/{i}")
-            if turns is not None:
-                check_max_chars(c, " ; ".join(turns), f"/{i}/turns", max_chars)
-        return c.problems
+        return structured_inputs_problems(raw, max_chars, _turns, lambda turns: (" ; ".join(turns), "/turns"))
 
 
 def _slot_keys(verbaliser: Verbaliser) -> list[tuple[tuple[str, ...], str]]:

@@ -16,11 +16,11 @@ from .base import Decoded, Task, TaskSpec, ValidationResult
 from .checks import (
     Collector,
     check_label,
-    check_max_chars,
     check_object,
     check_span,
     check_text,
     run_validation,
+    structured_inputs_problems,
 )
 
 
@@ -69,14 +69,7 @@ class RelationClassificationTask(Task):
         return spec.labels[index]
 
     def validate_inputs(self, raw: Sequence[Any], max_chars: int) -> list[Problem]:
-        c = Collector()
-        if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-            return [Problem("", "inputs must be a list")]
-        for i, item in enumerate(raw):
-            found = _mentions(c, item, f"/{i}")
-            if found is not None:
-                check_max_chars(c, found["text"], f"/{i}/text", max_chars)
-        return c.problems
+        return structured_inputs_problems(raw, max_chars, _mentions, lambda x: (x["text"], "/text"))
 
 
 def _mentions(c: Collector, item: Any, loc: str) -> dict[str, Any] | None:

@@ -17,12 +17,12 @@ from .checks import (
     Collector,
     check_label,
     check_list,
-    check_max_chars,
     check_no_overlap,
     check_object,
     check_span,
     check_text,
     run_validation,
+    structured_inputs_problems,
 )
 from .spans import gold_spans, read_spans, unique_spans, write_spans
 
@@ -77,14 +77,7 @@ class SrlTask(Task):
         return metrics.span_metric(spec.labels, golds, preds, "arguments")
 
     def validate_inputs(self, raw: Sequence[Any], max_chars: int) -> list[Problem]:
-        c = Collector()
-        if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
-            return [Problem("", "inputs must be a list")]
-        for i, item in enumerate(raw):
-            found = _predicate(c, item, f"/{i}")
-            if found is not None:
-                check_max_chars(c, found["text"], f"/{i}/text", max_chars)
-        return c.problems
+        return structured_inputs_problems(raw, max_chars, _predicate, lambda x: (x["text"], "/text"))
 
 
 def _predicate(c: Collector, item: Any, loc: str) -> dict[str, Any] | None:
