@@ -160,49 +160,46 @@ class _Run:
 
     # ------------------------------------------------------------------ masks
     def choose_mask(self, step: int) -> None:
+        """Choose (or re-choose) the mask, switch gradients to it and report the refresh."""
         t = time.perf_counter()
         for p in self.params.values():
             p.requires_grad_(True)
         self.run.head_rows = None  # the Fisher needs every entry's gradient
-        n = regressing_count(self.method, len(self.sources), self.cfg.batch_size or 8)
-        losses: dict[int, float] = {}
-        if self.method.type == "random":
-            new = M.random_mask(self.model, self.k, self.gen)
-            ids: list[int] = []
-        else:
-            if self.method.type == "fish_dip":
-                self.model.train(step > 0)  # first mask in eval mode, refreshes with dropout on
-                losses = dict(enumerate(self.all_losses()))
-                ids = sorted(losses, key=lambda i: (-losses[i], i))[:n]
-            else:
-                self.model.eval()
-                ids = torch.randperm(len(self.sources), generator=self.gen)[:n].tolist()
-            new = M.top_k_mask(self.fisher(ids), self.k, self.gen)
-        info = MaskRefreshInfo(
-            step=step,
-            selected=M.count(new),
-            total_parameters=self.total,
-            overlap=M.overlap(self.mask, new),
-            touched=0.0,
-            per_module_share=M.per_module_share(new),
-            example_ids=ids,
-            example_losses={i: round(v, 6) for i, v in losses.items()},
-            seconds=0.0,
-        )
+        new, ids, losses = self.select(step)
+        overlap = M.overlap(self.mask, new)
         self.mask, self.touched = new, M.union(self.touched, new)
         for name, p in self.params.items():
             p.requires_grad_(bool(new[name].any()))
         self.run.head_rows = self.head_rows(new)
         self.model.train()
         info = MaskRefreshInfo(
-            **{
-                **info.__dict__,
-                "touched": M.count(self.touched) / self.total,
-                "seconds": time.perf_counter() - t,
-            }
+            step=step,
+            selected=M.count(new),
+            total_parameters=self.total,
+            overlap=overlap,
+            touched=M.count(self.touched) / self.total,
+            per_module_share=M.per_module_share(new),
+            example_ids=ids,
+            example_losses={i: round(v, 6) for i, v in losses.items()},
+            seconds=time.perf_counter() - t,
         )
         self.history.append({"event": "mask_refresh", **info.__dict__})
         self.cb.on_mask_refresh(info)
+
+    def select(self, step: int) -> tuple[M.Mask, list[int], dict[int, float]]:
+        """The method's mask, the examples its Fisher came from, and (fish_dip) every loss."""
+        if self.method.type == "random":
+            return M.random_mask(self.model, self.k, self.gen), [], {}
+        n = regressing_count(self.method, len(self.sources), self.cfg.batch_size or 8)
+        losses: dict[int, float] = {}
+        if self.method.type == "fish_dip":
+            self.model.train(step > 0)  # first mask in eval mode, refreshes with dropout on
+            losses = dict(enumerate(self.all_losses()))
+            ids = sorted(losses, key=lambda i: (-losses[i], i))[:n]
+        else:
+            self.model.eval()
+            ids = torch.randperm(len(self.sources), generator=self.gen)[:n].tolist()
+        return M.top_k_mask(self.fisher(ids), self.k, self.gen), ids, losses
 
     def head_rows(self, mask: M.Mask) -> torch.Tensor | None:
         """Rows of a decoder-only model's output layer that hold masked entries."""
