@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-from api_support import ner_job
+from api_support import add_model, ner_job
 from fastapi.testclient import TestClient
-from safetensors.numpy import save_file
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,34 +14,8 @@ from api.app import create_app
 from api.auth import KeyCache, KnownKey
 from store.artifacts import LocalArtifactStore
 from store.keys import create_key, hash_secret, revoke_key
-from store.models import ApiKey, Job, Model, new_id
+from store.models import ApiKey, new_id
 from store.settings import Settings
-
-
-def _model_for(factory: sessionmaker[Session], job_id: str, artifacts: LocalArtifactStore, tmp: Path) -> str:
-    path = tmp / "delta.safetensors"
-    save_file(
-        {"w::index": np.arange(3, dtype=np.int64)}, str(path), metadata={"fishdip_manifest": '{"format": 1}'}
-    )
-    with factory() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        model = Model(
-            id=new_id("model"),
-            project_id=job.project_id,
-            job_id=job_id,
-            base_model=job.base_model,
-            task=job.task,
-            metrics={},
-            artifact_key=f"{job.project_id}/{job_id}.safetensors",
-            artifact_bytes=path.stat().st_size,
-            parameters_changed=3,
-            sha256="0" * 64,
-        )
-        artifacts.put_file(model.artifact_key, path)
-        session.add(model)
-        session.commit()
-        return model.id
 
 
 def test_other_project_gets_404_everywhere(
@@ -61,7 +33,7 @@ def test_other_project_gets_404_everywhere(
         headers=auth,
     )
     ds_id = ds.json()["id"]
-    model_id = _model_for(session_factory, job_id, artifacts, tmp_path)
+    model_id = add_model(session_factory, job_id, artifacts, tmp_path).id
     routes = [
         ("GET", f"/v1/jobs/{job_id}"),
         ("POST", f"/v1/jobs/{job_id}/cancel"),

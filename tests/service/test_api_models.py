@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-import numpy as np
-from api_support import ner_job
+from api_support import MANIFEST, add_model, ner_job
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from safetensors.numpy import save_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.artifacts import LocalArtifactStore
-from store.models import Job, Model, new_id
-
-MANIFEST = {"format": 1, "base": {"name": "tiny-t5"}, "task": {"type": "ner", "labels": ["person"]}}
-
-
-def add_model(factory: sessionmaker[Session], job_id: str, artifacts: LocalArtifactStore, tmp: Path) -> Model:
-    path = tmp / f"{job_id}.safetensors"
-    tensors = {"enc.w::index": np.arange(5, dtype=np.int64), "enc.w::value": np.ones(5, dtype=np.float32)}
-    save_file(tensors, str(path), metadata={"fishdip_manifest": json.dumps(MANIFEST)})
-    with factory() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        model = Model(
-            id=new_id("model"),
-            project_id=job.project_id,
-            job_id=job_id,
-            base_model=job.base_model,
-            task=job.task,
-            metrics={"micro": {"f1": 0.5}},
-            artifact_key=f"{job.project_id}/{job_id}.safetensors",
-            artifact_bytes=path.stat().st_size,
-            parameters_changed=5,
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        )
-        artifacts.put_file(model.artifact_key, path)
-        job.model_id = model.id
-        session.add(model)
-        session.commit()
-        return model
 
 
 def test_models_read_download_delete(
