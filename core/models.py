@@ -330,6 +330,14 @@ def _tiny_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(_minilm_dir())
 
 
+def _seeded(cls: Any, cfg: Any) -> nn.Module:
+    """A randomly initialised model, the same for every process (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model: nn.Module = cls(cfg)
+    return model
+
+
 def build_tiny_t5() -> LoadedBase:
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -350,9 +358,7 @@ def build_tiny_t5() -> LoadedBase:
         tie_word_embeddings=True,
     )
     cfg = T5Config(**kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = T5ForConditionalGeneration(cfg)
+    model = _seeded(T5ForConditionalGeneration, cfg)
     return LoadedBase("tiny-t5", "seq2seq", model, tok)
 
 
@@ -373,9 +379,7 @@ def build_tiny_causal() -> LoadedBase:
         eos_token_id=tok.sep_token_id,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = LlamaForCausalLM(cfg)
+    model = _seeded(LlamaForCausalLM, cfg)
     return LoadedBase("tiny-causal", "decoder-only", model, tok, max_source_tokens=384)
 
 
