@@ -2,10 +2,11 @@
 
 Layout: for every changed parameter ``name``, its changed positions and ``name::value``
 (the fine-tuned values, in the parameter's dtype: storing values rather than differences
-makes applying exact). Positions are stored the cheapest way: ``name::index`` (flat
-positions, int32 where the tensor is small enough) when few entries changed, ``name::bits``
-(a packed bitmap, one bit per entry) when more than 1 in 32 did, and nothing when more than
-half did (the tensor is stored whole). The JSON manifest sits in the file's metadata under
+makes applying exact). Positions are stored the cheapest way: ``name::gaps`` (uint16
+distances between consecutive flat positions: about 2 bytes each) when changes are sparse,
+``name::bits`` (a packed bitmap, one bit per entry) when more than 1 in 16 entries changed,
+``name::index`` (int32 positions) in the rare case that is smaller, and nothing when more
+than half changed (the tensor is stored whole). The JSON manifest sits in the file's metadata under
 ``fishdip_manifest``, so the artifact is a single file that ``safetensors`` (never pickle)
 reads.
 
@@ -121,10 +122,9 @@ def save_delta(
     flat: dict[str, torch.Tensor] = {}
     numel = {n: p.numel() for n, p in base.model.named_parameters()}
     for name, (idx, val) in tensors.items():
-        if idx is not None and idx.numel() * 32 > numel[name]:
-            flat[f"{name}::bits"] = _pack(idx, numel[name])
-        elif idx is not None:
-            flat[f"{name}::index"] = idx.contiguous()
+        if idx is not None:
+            kind, positions = _encode_positions(idx, numel[name])
+            flat[f"{name}::{kind}"] = positions
         flat[f"{name}::value"] = val.contiguous()
     manifest = {
         "format": FORMAT,
@@ -182,10 +182,48 @@ def load_delta(path: str | Path) -> SparseDelta:
             index: torch.Tensor | None = None
             if f"{name}::index" in keys:
                 index = f.get_tensor(f"{name}::index").long()
+            elif f"{name}::gaps" in keys:
+                index = _ungap(f.get_tensor(f"{name}::gaps"))
             elif f"{name}::bits" in keys:
                 index = _unpack(f.get_tensor(f"{name}::bits"))
             tensors[name] = (index, f.get_tensor(key))
     return SparseDelta(manifest, tensors)
+
+
+GAP_MAX = 2**16 - 1
+
+
+def _encode_positions(idx: torch.Tensor, numel: int) -> tuple[str, torch.Tensor]:
+    """The smallest encoding of sorted flat positions: ``index`` (int32 or int64 each),
+    ``gaps`` (uint16 distances from the previous position, about 2 bytes each) or ``bits``
+    (one bit per entry of the tensor)."""
+    gaps = _gap(idx)
+    options = [
+        ("index", idx.numel() * idx.element_size()),
+        ("gaps", gaps.numel() * 2),
+        ("bits", (numel + 7) // 8),
+    ]
+    kind = min(options, key=lambda o: o[1])[0]
+    if kind == "gaps":
+        return kind, gaps
+    return kind, (_pack(idx, numel) if kind == "bits" else idx.contiguous())
+
+
+def _gap(idx: torch.Tensor) -> torch.Tensor:
+    """Distances between consecutive positions (the first from -1), as uint16. A distance of
+    more than 65535 is written as that many 0 tokens (each meaning "skip 65535") and the rest."""
+    d = torch.diff(idx.long(), prepend=torch.tensor([-1]))
+    skips = (d - 1) // GAP_MAX  # zeros before each entry, leaving a remainder in 1..65535
+    rest = d - skips * GAP_MAX
+    out = torch.zeros(int(idx.numel() + skips.sum()), dtype=torch.int64)
+    out[torch.cumsum(skips + 1, 0) - 1] = rest
+    return out.to(torch.uint16)
+
+
+def _ungap(gaps: torch.Tensor) -> torch.Tensor:
+    g = gaps.to(torch.int64)
+    steps = torch.where(g == 0, GAP_MAX, g)
+    return (torch.cumsum(steps, 0) - 1)[g != 0]
 
 
 def _pack(idx: torch.Tensor, numel: int) -> torch.Tensor:
