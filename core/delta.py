@@ -86,7 +86,7 @@ def diff(
         a = p.detach().to("cpu").reshape(-1)
         b = ref[name].detach().to("cpu").reshape(-1)
         changed = _bits(a) != _bits(b)
-        n = int(changed.sum())
+        n = int(torch.count_nonzero(changed))
         total += n
         if n > a.numel() // 2:
             out[name] = (None, a.clone())

@@ -10,12 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 Mask = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
+# name -> sorted flat positions (int64): a mask kept only for statistics, at 8 bytes an
+# entry instead of one byte a parameter (268 MB a mask on gemma-3-270m).
+Positions = dict[str, torch.Tensor]
 
 
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -30,32 +34,101 @@ def mask_size(ratio: float, total: int) -> int:
     return max(1, int(ratio * total))
 
 
-@contextmanager
-def squared_grad_accumulator(model: nn.Module) -> Iterator[Scores]:
-    """While active, every backward pass adds grad**2 into the yielded scores and frees the
-    gradient at once, so a Fisher pass never holds a full set of gradients."""
-    scores: Scores = {}
-    handles = []
-    for name, p in trainable(model):
-        scores[name] = torch.zeros_like(p, dtype=torch.float32)
+class _SquaredGradients:
+    """While installed, every backward pass adds grad**2 into ``scores`` and frees each
+    gradient as soon as it is produced, so a Fisher pass never holds a full set of gradients.
 
-        def hook(param: torch.Tensor, name: str = name) -> None:
+    A tied input/output embedding gets its two gradients separately: during the pass the
+    lookup reads a twin parameter that shares the weight's storage (and gives a sparse
+    gradient: its rows only). The output layer's dense gradient waits for the lookup's rows,
+    which are added into it in place before squaring. Summed by autograd instead, the two
+    would cost a second copy of the 670 MB gradient of gemma's 262k-word embedding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.scores: Scores = {}
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        self.model = model
+        self.emb = _input_embedding(model)
+        self.twin: nn.Parameter | None = None
+        params = trainable(model)
+        self.tied = next((n for n, p in params if self.emb is not None and p is self.emb.weight), None)
+        out = getattr(model, "get_output_embeddings", lambda: None)()
+        if out is None or self.emb is None or out.weight is not self.emb.weight:
+            self.tied = None
+        for name, p in params:
+            self.scores[name] = torch.zeros_like(p, dtype=torch.float32)
+            self._watch(p, name)
+
+    def _watch(self, p: torch.Tensor, name: str) -> None:
+        def hook(param: torch.Tensor) -> None:
             assert param.grad is not None
             g = param.grad.detach()
-            # In place, with no squared temporary: for a tied 262k-word embedding each
-            # temporary would be another 670 MB at the refresh's memory peak.
-            if g.dtype == torch.float32:
-                scores[name].addcmul_(g, g)
-            else:
-                scores[name].add_(g.float().square())
             param.grad = None
+            if name != self.tied:
+                self._add(name, g)
+                return
+            parts = self.pending.setdefault(name, [])
+            parts.append(g)
+            if len(parts) == 2:  # both the output layer's and the lookup's: combine, square
+                self._add(name, _combine(*self.pending.pop(name)))
 
-        handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
-    try:
-        yield scores
-    finally:
-        for h in handles:
+        self.handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
+
+    def _add(self, name: str, g: torch.Tensor) -> None:
+        # In place, with no squared temporary: for a 262k-word embedding each temporary
+        # would be another 670 MB at the refresh's memory peak.
+        s = self.scores[name]
+        if g.is_sparse:  # an input embedding's rows
+            g = g.coalesce()
+            s.index_add_(0, g.indices()[0], g.values().float().square())
+        elif g.dtype == torch.float32:
+            s.addcmul_(g, g)
+        else:
+            s.add_(g.float().square())
+
+    def flush(self) -> None:
+        """After a backward pass: a tied weight used only once in it has no partner to wait for."""
+        for name, parts in self.pending.items():
+            for g in parts:
+                self._add(name, g)
+        self.pending = {}
+
+    def __enter__(self) -> _SquaredGradients:
+        if self.emb is not None:
+            self.emb.sparse = True
+            if self.tied is not None:
+                self.original = self.emb.weight
+                self.twin = nn.Parameter(self.original.data, requires_grad=True)  # same storage
+                self.emb.weight = self.twin
+                self._watch(self.twin, self.tied)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
             h.remove()
+        if self.emb is not None:
+            self.emb.sparse = False
+            if self.twin is not None:
+                self.emb.weight = self.original
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b, in place into the dense one where there is one."""
+    if a.is_sparse and not b.is_sparse:
+        a, b = b, a
+    if b.is_sparse:
+        if a.is_sparse:
+            return (a + b).coalesce()
+        b = b.coalesce()
+        return a.index_add_(0, b.indices()[0], b.values().to(a.dtype))
+    return a.add_(b)
+
+
+def _input_embedding(model: nn.Module) -> nn.Embedding | None:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return emb if isinstance(emb, nn.Embedding) and not emb.sparse else None
 
 
 def fisher_scores(
@@ -69,12 +142,29 @@ def fisher_scores(
     ``loss_of(ids)`` returns the mean loss of those examples. With ``per_example`` each
     example gets its own backward pass (the definition); otherwise one pass over all.
     """
-    with squared_grad_accumulator(model) as scores:
+    with _SquaredGradients(model) as acc:
         groups: Iterable[Sequence[int]] = [[i] for i in example_ids] if per_example else [list(example_ids)]
         for ids in groups:
             model.zero_grad(set_to_none=True)
             loss_of(ids).backward()  # type: ignore[no-untyped-call]
-    return scores
+            acc.flush()
+    return acc.scores
+
+
+@contextmanager
+def sparse_lookup_gradients(model: nn.Module) -> Iterator[None]:
+    """Let the input embedding's lookup produce a sparse gradient (its rows only), which
+    :class:`~core.optim.SparseAdamW` gathers from directly. Dense, the lookup's gradient of
+    a 262k-word embedding is a 670 MB zero-filled tensor on every step."""
+    emb = _input_embedding(model)
+    if emb is None:
+        yield
+        return
+    emb.sparse = True
+    try:
+        yield
+    finally:
+        emb.sparse = False
 
 
 def _kth_largest(scores: Scores, k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -131,15 +221,24 @@ def full_mask(model: nn.Module) -> Mask:
 
 
 def count(mask: Mask) -> int:
-    return int(sum(int(m.sum()) for m in mask.values()))
+    # count_nonzero, not sum(): a bool sum materialises an int64 copy (1.3 GB for gemma's embedding)
+    return sum(int(torch.count_nonzero(m)) for m in mask.values())
 
 
-def overlap(a: Mask | None, b: Mask) -> float | None:
-    """Share of ``b``'s entries that were also in ``a``."""
-    if a is None:
+def positions(mask: Mask) -> Positions:
+    return {n: m.reshape(-1).nonzero().squeeze(1) for n, m in mask.items() if bool(m.any())}
+
+
+def count_positions(pos: Positions) -> int:
+    return sum(int(i.numel()) for i in pos.values())
+
+
+def overlap(prev: Positions | None, new: Mask) -> float | None:
+    """Share of ``new``'s entries that were also in ``prev``."""
+    if prev is None:
         return None
-    inter = sum(int((a[n] & b[n]).sum()) for n in b)
-    return inter / max(1, count(b))
+    inter = sum(int(torch.count_nonzero(new[n].reshape(-1)[i])) for n, i in prev.items() if n in new)
+    return inter / max(1, count(new))
 
 
 _INDEX = re.compile(r"\.\d+(?=\.)")
@@ -159,11 +258,13 @@ def per_module_share(mask: Mask) -> dict[str, float]:
     share: dict[str, float] = {}
     for name, m in mask.items():
         key = module_type(name)
-        share[key] = share.get(key, 0.0) + int(m.sum()) / total
+        share[key] = share.get(key, 0.0) + int(torch.count_nonzero(m)) / total
     return {k: round(v, 6) for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
-def union(a: Mask | None, b: Mask) -> Mask:
-    if a is None:
-        return {n: m.clone() for n, m in b.items()}
-    return {n: a[n] | b[n] for n in b}
+def union(touched: Positions | None, new: Mask) -> Positions:
+    """Every position in ``touched`` or in ``new``."""
+    out = dict(touched or {})
+    for n, i in positions(new).items():
+        out[n] = torch.unique(torch.cat([out[n], i])) if n in out else i
+    return out

@@ -76,7 +76,7 @@ class SparseAdamW:
 
             def hook(param: torch.Tensor, name: str = name) -> None:
                 assert param.grad is not None
-                g = param.grad.detach().reshape(-1)[self.index[name]].float()
+                g = _gather(param.grad.detach(), self.index[name])
                 self.grads[name] = self.grads[name] + g if name in self.grads else g
                 param.grad = None
 
@@ -120,6 +120,23 @@ class SparseAdamW:
             for d in (self.index, self.exp_avg, self.exp_avg_sq)
             for t in d.values()
         )
+
+
+def _gather(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``grad`` at flat positions ``index``, as fp32; ``grad`` may be a sparse (row) gradient,
+    as an embedding lookup or the row-sparse output layer gives."""
+    if not grad.is_sparse:
+        return grad.reshape(-1)[index].float()
+    g = grad.coalesce()
+    rows, values = g.indices()[0], g.values().reshape(g.indices().shape[1], -1)
+    width = values.shape[1]
+    slot = torch.full((grad.shape[0],), -1, dtype=torch.long, device=grad.device)
+    slot[rows] = torch.arange(rows.numel(), device=grad.device)
+    at = slot[index // width]
+    hit = at >= 0
+    out = torch.zeros(index.numel(), dtype=torch.float32, device=grad.device)
+    out[hit] = values[at[hit], index[hit] % width].float()
+    return out
 
 
 def adafactor(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -131,7 +131,7 @@ class _Run:
         self.k = M.mask_size(method.sparsity, self.total)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mask: M.Mask | None = None
-        self.touched: M.Mask | None = None
+        self.touched: M.Positions | None = None
         self.history: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
 
@@ -165,8 +165,12 @@ class _Run:
         for p in self.params.values():
             p.requires_grad_(True)
         self.run.head_rows = None  # the Fisher needs every entry's gradient
+        # Only positions of the old mask are kept through the Fisher pass (the refresh's
+        # memory peak): its booleans cost one byte a parameter.
+        prev = M.positions(self.mask) if self.mask is not None else None
+        self.mask = None
         new, ids, losses = self.select(step)
-        overlap = M.overlap(self.mask, new)
+        overlap = M.overlap(prev, new)
         self.mask, self.touched = new, M.union(self.touched, new)
         for name, p in self.params.items():
             p.requires_grad_(bool(new[name].any()))
@@ -177,7 +181,7 @@ class _Run:
             selected=M.count(new),
             total_parameters=self.total,
             overlap=overlap,
-            touched=M.count(self.touched) / self.total,
+            touched=M.count_positions(self.touched) / self.total,
             per_module_share=M.per_module_share(new),
             example_ids=ids,
             example_losses={i: round(v, 6) for i, v in losses.items()},
@@ -214,9 +218,11 @@ class _Run:
 
     def fisher(self, ids: Sequence[int]) -> M.Scores:
         def loss_of(sel: Sequence[int]) -> torch.Tensor:
+            # In fp32 even when training uses bf16 autocast: the passes are few (one example
+            # each), and autocast's bf16 weight copies would stay alive through each backward
+            # (+0.5 GB at the refresh's memory peak on gemma-3-270m).
             self.check_stop()
-            with self.autocast():
-                return self.run.batch_loss(self.batch([ids_[j] for j in sel]))
+            return self.run.batch_loss(self.batch([ids_[j] for j in sel]))
 
         # Sum in index order, so the same examples give bit-identical scores whatever order
         # they were chosen in (fish_dip ranks by loss, fish draws at random).
@@ -237,7 +243,8 @@ class _Run:
     def train_step(self, opt: torch.optim.Optimizer | SparseAdamW, ids: Sequence[int]) -> float:
         batch = self.batch(ids)
         if isinstance(opt, SparseAdamW):
-            with opt.gather_gradients():
+            # Row gradients of the embedding stay sparse: SparseAdamW gathers them directly.
+            with opt.gather_gradients(), M.sparse_lookup_gradients(self.model):
                 with self.autocast():
                     loss = self.run.batch_loss(batch)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -250,6 +257,8 @@ class _Run:
         if self.mask is not None:
             for name, p in self.params.items():
                 if p.grad is not None:
+                    if p.grad.is_sparse:  # the row-sparse output layer alone (untied)
+                        p.grad = p.grad.to_dense()
                     p.grad.mul_(self.mask[name])
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(

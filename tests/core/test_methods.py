@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 import core
 from core import masks as M
 from core.config import MethodConfig, TrainConfig, resolve_config
-from core.optim import SparseAdamW
+from core.optim import SparseAdamW, _gather
 from core.training import _Run
 
 
@@ -43,10 +45,20 @@ def test_top_k_breaks_ties_to_exactly_k() -> None:
         assert bool(mask["b"].all())
 
 
+def _untied(base: core.LoadedBase) -> core.LoadedBase:
+    """tiny-causal with its own output layer, so the input embedding's gradient is sparse."""
+    model: Any = copy.deepcopy(base.model)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    return base.bind(model)
+
+
+@pytest.mark.parametrize("which", ["tiny_t5", "tiny_causal", "untied_causal"])
 def test_fisher_is_sum_of_squared_per_example_gradients(
-    tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+    request: pytest.FixtureRequest, which: str, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
 ) -> None:
-    run = make_run(tiny_t5, ner_spec, ner_train, "fish")
+    base = request.getfixturevalue(which.replace("untied_", "tiny_"))
+    run = make_run(_untied(base) if which.startswith("untied") else base, ner_spec, ner_train, "fish")
     run.model.eval()
     ids = [0, 2]
     scores = run.fisher(ids)
@@ -61,6 +73,18 @@ def test_fisher_is_sum_of_squared_per_example_gradients(
     for n in expected:
         torch.testing.assert_close(scores[n], expected[n], rtol=1e-5, atol=1e-12)
     assert sum(float(s.sum()) for s in scores.values()) > 0
+
+
+def test_touched_positions_and_overlap() -> None:
+    a = {"w": torch.tensor([True, False, True, False]), "b": torch.tensor([False, False])}
+    b = {"w": torch.tensor([True, True, False, False]), "b": torch.tensor([False, True])}
+    pa = M.positions(a)
+    assert set(pa) == {"w"} and pa["w"].tolist() == [0, 2]
+    assert M.overlap(None, b) is None
+    assert M.overlap(pa, b) == pytest.approx(1 / 3)  # of b's 3 entries, only w[0] was in a
+    touched = M.union(M.union(None, a), b)
+    assert {n: t.tolist() for n, t in touched.items()} == {"w": [0, 1, 2], "b": [1]}
+    assert M.count_positions(touched) == 4
 
 
 @pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
@@ -134,7 +158,7 @@ def test_random_mask_differs_from_fisher_mask(
     a.choose_mask(0)
     b.choose_mask(0)
     assert M.count(a.mask) == M.count(b.mask) == a.k
-    assert (M.overlap(a.mask, b.mask) or 0) < 0.5
+    assert (M.overlap(M.positions(a.mask), b.mask) or 0) < 0.5
 
 
 def test_sparse_adamw_carries_state_over_for_kept_entries() -> None:
@@ -174,7 +198,7 @@ def test_row_sparse_output_layer_gives_the_same_gradients(
             for n, p in run.model.named_parameters()
             if p is not weight and p.grad is not None
         }
-        return loss.detach(), {"weight": weight.grad.clone(), **others}
+        return loss.detach(), {"weight": weight.grad.to_dense(), **others}
 
     dense_loss, dense = grads(None)
     sparse_loss, sparse = grads(rows)
@@ -184,3 +208,41 @@ def test_row_sparse_output_layer_gives_the_same_gradients(
     for n in dense:
         if n != "weight":
             torch.testing.assert_close(sparse[n], dense[n], rtol=1e-5, atol=1e-7)
+
+
+def test_gather_reads_sparse_row_gradients_like_dense_ones() -> None:
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.zeros(50, 4)
+    rows = torch.tensor([3, 17, 3, 42])  # a repeated row, as two lookups of one token give
+    vals = torch.randn(4, 4, generator=gen)
+    dense.index_add_(0, rows, vals)
+    sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (50, 4), check_invariants=True)
+    index = torch.tensor([0, 12, 13, 15, 68, 69, 168, 199])
+    assert torch.equal(_gather(sparse, index), _gather(dense, index))
+    assert _gather(sparse, index)[2] != 0  # row 3 (flat 12..15) is in the gradient
+
+
+def test_sparse_row_gradients_give_the_same_adamw_step(
+    tiny_causal: core.LoadedBase,
+    ner_spec: core.TaskSpec,
+    ner_train: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def one_step(sparse: bool) -> dict[str, torch.Tensor]:
+        run = make_run(tiny_causal, ner_spec, ner_train, "fish", "adamw")
+        run.choose_mask(0)
+        assert run.mask is not None and bool(run.mask["model.embed_tokens.weight"].any())
+        opt = run.build_optimizer()
+        if not sparse:  # dense lookup gradient and the full output-layer gradient
+            monkeypatch.setattr(M, "sparse_lookup_gradients", lambda model: contextlib.nullcontext())
+            run.run.head_rows = None
+        run.train_step(opt, [0, 1, 2])
+        monkeypatch.undo()
+        return {n: p.detach().clone() for n, p in run.model.named_parameters()}
+
+    sparse, dense = one_step(True), one_step(False)
+    moved = 0
+    for n in dense:
+        torch.testing.assert_close(sparse[n], dense[n], rtol=1e-6, atol=1e-8)
+        moved += int((sparse[n] != tiny_causal.model.get_parameter(n)).sum())
+    assert moved > 0
