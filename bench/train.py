@@ -74,7 +74,7 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch,
         optimizer=optimizer,
         seed=0,
-        bf16=args.bf16,
+        bf16={"auto": None, "on": True, "off": False}[args.bf16],
         early_stop_patience=10**6,
     )
     t0 = time.perf_counter()
@@ -102,12 +102,14 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="gemma-3-270m")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--sparsity", type=float, default=0.01)
-    ap.add_argument("--refresh-every", type=int, default=10)
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--refresh-every", type=int, default=50)
+    ap.add_argument(
+        "--bf16", choices=["auto", "on", "off"], default="auto", help="autocast; auto: on for bases over 50M"
+    )
     ap.add_argument("--optimizers", default="adamw,adafactor")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,7 +137,9 @@ def main() -> None:
                 str(args.sparsity),
                 "--refresh-every",
                 str(args.refresh_every),
-            ] + (["--bf16"] if args.bf16 else [])
+                "--bf16",
+                args.bf16,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=True)
             results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[arm]
@@ -143,7 +147,7 @@ def main() -> None:
                 f"{arm:22s} total {r['total_s']:8.1f}s  step {r['step_s_median']:.3f}s"
                 f"  refreshes {r['refreshes']}"
                 f" ({r['refresh_s']:.1f}s)  peak {r['peak_rss_mb']:.0f} MB (base {r['base_rss_mb']:.0f} MB)"
-                f"  delta {r['delta_bytes'] / 1e6:.2f} MB",
+                f"  delta {r['delta_bytes'] / 1e6:.2f} MB ({r['parameters_changed']} entries)",
                 flush=True,
             )
     print(
