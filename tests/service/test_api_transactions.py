@@ -7,21 +7,21 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from api_support import ner_job
+from api_support import add_model, ner_job
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
 
 from api.app import create_app
 from store.artifacts import LocalArtifactStore
 from store.db import make_engine, make_session_factory
-from store.models import Job, Model, new_id
+from store.models import Model
 from store.settings import Settings
 
 ADMIN_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -71,28 +71,12 @@ def _app(settings: Settings, engine: Engine, artifacts: LocalArtifactStore) -> F
     return create_app(settings, engine=engine, enqueue=lambda _job_id: None, artifacts=artifacts)
 
 
-def _job_and_model(factory: sessionmaker[Any], job_id: str) -> str:
-    with factory() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        model = Model(
-            id=new_id("model"),
-            project_id=job.project_id,
-            job_id=job.id,
-            base_model=job.base_model,
-            task=job.task,
-            artifact_key="unused",
-            artifact_bytes=0,
-            parameters_changed=0,
-            sha256="0",
-        )
-        session.add(model)
-        session.commit()
-        return model.id
-
-
 def test_extraction_gives_back_its_slot_so_polling_goes_on(
-    settings: Settings, one_slot_engine: Engine, artifacts: LocalArtifactStore, auth: dict[str, str]
+    settings: Settings,
+    one_slot_engine: Engine,
+    artifacts: LocalArtifactStore,
+    auth: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     app = _app(settings, one_slot_engine, artifacts)
     serving = SlowServing()
@@ -103,7 +87,8 @@ def test_extraction_gives_back_its_slot_so_polling_goes_on(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=auth) as c:
             job_id = (await c.post("/v1/jobs", json=ner_job())).json()["id"]
-            model_id = await asyncio.to_thread(_job_and_model, factory, job_id)
+            model = await asyncio.to_thread(add_model, factory, job_id, artifacts, tmp_path)
+            model_id = model.id
             extraction = asyncio.create_task(
                 c.post(f"/v1/models/{model_id}/extract", json={"texts": ["Ada."]})
             )
