@@ -39,23 +39,24 @@ class _SquaredGradients:
     gradient as soon as it is produced, so a Fisher pass never holds a full set of gradients.
 
     A tied input/output embedding gets its two gradients separately: during the pass the
-    lookup reads a twin parameter that shares the weight's storage (and gives a sparse
-    gradient: its rows only). The output layer's dense gradient waits for the lookup's rows,
-    which are added into it in place before squaring. Summed by autograd instead, the two
-    would cost a second copy of the 670 MB gradient of gemma's 262k-word embedding."""
+    lookup reads a twin parameter that shares the weight's storage (with
+    :func:`sparse_lookup_gradients`, its gradient is sparse: its rows only). The output
+    layer's dense gradient waits for the lookup's rows, which are added into it in place
+    before squaring. Summed by autograd instead, the two would cost a second copy of the
+    670 MB gradient of gemma's 262k-word embedding."""
 
     def __init__(self, model: nn.Module) -> None:
         self.scores: Scores = {}
         self.pending: dict[str, list[torch.Tensor]] = {}
         self.handles: list[Any] = []
-        self.model = model
         self.emb = _input_embedding(model)
         self.twin: nn.Parameter | None = None
         params = trainable(model)
-        self.tied = next((n for n, p in params if self.emb is not None and p is self.emb.weight), None)
         out = getattr(model, "get_output_embeddings", lambda: None)()
-        if out is None or self.emb is None or out.weight is not self.emb.weight:
-            self.tied = None
+        self.tied: str | None = None
+        if self.emb is not None and out is not None and out.weight is self.emb.weight:
+            self.original = self.emb.weight
+            self.tied = next((n for n, p in params if p is self.original), None)
         for name, p in params:
             self.scores[name] = torch.zeros_like(p, dtype=torch.float32)
             self._watch(p, name)
@@ -95,22 +96,17 @@ class _SquaredGradients:
         self.pending = {}
 
     def __enter__(self) -> _SquaredGradients:
-        if self.emb is not None:
-            self.emb.sparse = True
-            if self.tied is not None:
-                self.original = self.emb.weight
-                self.twin = nn.Parameter(self.original.data, requires_grad=True)  # same storage
-                self.emb.weight = self.twin
-                self._watch(self.twin, self.tied)
+        if self.emb is not None and self.tied is not None:
+            self.twin = nn.Parameter(self.original.data, requires_grad=True)  # same storage
+            self.emb.weight = self.twin
+            self._watch(self.twin, self.tied)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for h in self.handles:
             h.remove()
-        if self.emb is not None:
-            self.emb.sparse = False
-            if self.twin is not None:
-                self.emb.weight = self.original
+        if self.emb is not None and self.twin is not None:
+            self.emb.weight = self.original
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,7 +138,8 @@ def fisher_scores(
     ``loss_of(ids)`` returns the mean loss of those examples. With ``per_example`` each
     example gets its own backward pass (the definition); otherwise one pass over all.
     """
-    with _SquaredGradients(model) as acc:
+    # The twin goes in first: sparse_lookup_gradients then switches the lookup it reads.
+    with _SquaredGradients(model) as acc, sparse_lookup_gradients(model):
         groups: Iterable[Sequence[int]] = [[i] for i in example_ids] if per_example else [list(example_ids)]
         for ids in groups:
             model.zero_grad(set_to_none=True)
