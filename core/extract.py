@@ -133,8 +133,7 @@ def sequence_logprobs(
     run.model.eval()
     for i in range(0, len(sources), batch_size):
         batch = run.collate(sources[i : i + batch_size], targets[i : i + batch_size]).to(run.device)
-        logits, tgt, row = run.token_logits(batch)
-        lp = logits.float().log_softmax(-1).gather(1, tgt[:, None]).squeeze(1)
+        lp, row = run.token_logprobs(batch)
         sums = torch.zeros(batch.labels.shape[0], device=lp.device).index_add_(0, row, lp)
         out += sums.tolist()
     return out

@@ -17,8 +17,8 @@ from torch import nn
 
 Mask = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
-# name -> sorted flat positions (int64): a mask kept only for statistics, at 8 bytes an
-# entry instead of one byte a parameter (268 MB a mask on gemma-3-270m).
+# name -> sorted flat positions (int64), names with no entry left out: how training keeps a
+# mask, at 8 bytes an entry instead of one byte a parameter (268 MB a mask on gemma-3-270m).
 Positions = dict[str, torch.Tensor]
 
 
@@ -230,12 +230,12 @@ def count_positions(pos: Positions) -> int:
     return sum(int(i.numel()) for i in pos.values())
 
 
-def overlap(prev: Positions | None, new: Mask) -> float | None:
+def overlap(prev: Positions | None, new: Positions) -> float | None:
     """Share of ``new``'s entries that were also in ``prev``."""
     if prev is None:
         return None
-    inter = sum(int(torch.count_nonzero(new[n].reshape(-1)[i])) for n, i in prev.items() if n in new)
-    return inter / max(1, count(new))
+    inter = sum(int(torch.isin(i, prev[n]).count_nonzero()) for n, i in new.items() if n in prev)
+    return inter / max(1, count_positions(new))
 
 
 _INDEX = re.compile(r"\.\d+(?=\.)")
@@ -250,18 +250,32 @@ def module_type(name: str) -> str:
     return ".".join(parts[-2:]) if parts else name
 
 
-def per_module_share(mask: Mask) -> dict[str, float]:
-    total = max(1, count(mask))
+def per_module_share(pos: Positions) -> dict[str, float]:
+    total = max(1, count_positions(pos))
     share: dict[str, float] = {}
-    for name, m in mask.items():
+    for name, i in pos.items():
         key = module_type(name)
-        share[key] = share.get(key, 0.0) + int(torch.count_nonzero(m)) / total
+        share[key] = share.get(key, 0.0) + i.numel() / total
     return {k: round(v, 6) for k, v in sorted(share.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
-def union(touched: Positions | None, new: Mask) -> Positions:
+def union(touched: Positions | None, new: Positions) -> Positions:
     """Every position in ``touched`` or in ``new``."""
     out = dict(touched or {})
-    for n, i in positions(new).items():
+    for n, i in new.items():
         out[n] = torch.unique(torch.cat([out[n], i])) if n in out else i
     return out
+
+
+def row_positions(pos: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of a [rows, width] tensor that hold any of the flat positions ``pos``."""
+    rows: torch.Tensor = torch.unique(pos // width)
+    return rows
+
+
+def keep_only(grad: torch.Tensor, pos: torch.Tensor) -> None:
+    """Zero ``grad`` (in place) outside the flat positions ``pos``, with O(len(pos)) extra memory."""
+    flat = grad.view(-1)
+    kept = flat[pos]
+    flat.zero_()
+    flat[pos] = kept

@@ -5,7 +5,8 @@ Two families are supported behind one adapter (:class:`LoadedBase`):
 * ``seq2seq``: any ``AutoModelForSeq2SeqLM`` (T5 is the paper's model). Source in, target out.
 * ``decoder-only``: any ``AutoModelForCausalLM``. The model reads ``source`` + separator +
   ``target``; the loss covers the target tokens only, and the output layer is applied only at
-  the positions the loss needs (for a 262k-word vocabulary this is most of the step's cost).
+  the positions the loss needs, a chunk of tokens at a time (for a 262k-word vocabulary this
+  is most of the step's cost and, unchunked, most of its memory).
 
 Special tokens are added by this module, never by the tokenizer call, so that the same code
 works for WordPiece, SentencePiece and byte-level tokenizers.
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import head_loss
 from .errors import UnknownBase
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class LoadedBase:
         self.eos_id = _first_not_none(tokenizer.eos_token_id, tokenizer.sep_token_id, self.pad_id)
         self.bos_id = _first_not_none(tokenizer.bos_token_id, tokenizer.cls_token_id, None)
         self._sep_ids = self.encode(CAUSAL_SEPARATOR) if family == "decoder-only" else []
-        # Rows of the output layer that training may change (None: all). See _head.
+        # Rows of the output layer that training may change (None: all). See batch_loss.
         self.head_rows: torch.Tensor | None = None
 
     def bind(self, model: nn.Module) -> LoadedBase:
@@ -157,71 +159,86 @@ class LoadedBase:
         return Batch(input_ids, attn, labels)
 
     # ------------------------------------------------------------------ losses
-    def token_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits at the positions that predict a labelled token.
-
-        Returns ``(logits [n_tokens, vocab], targets [n_tokens], row [n_tokens])`` where ``row``
-        is the example each token belongs to.
-        """
+    def _decoder_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoder-only: the trunk's hidden states at the positions that predict a labelled
+        token (position i predicts token i+1), those tokens, and each token's example."""
         model = self.model
-        if self.family == "seq2seq":
-            out = model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                decoder_input_ids=batch.decoder_input_ids,
-                use_cache=False,
-            )
-            keep = batch.labels != IGNORE
-            return out.logits[keep], batch.labels[keep], keep.nonzero()[:, 0]
-        # Decoder-only: run the trunk, then the output layer only where the next token is
-        # labelled. Position i predicts token i+1.
         trunk = getattr(model, str(model.base_model_prefix))
         hidden = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
         keep = batch.labels[:, 1:] != IGNORE
-        h = hidden[:, :-1][keep]
-        logits = self._head(h)
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits, batch.labels[:, 1:][keep], keep.nonzero()[:, 0]
+        return hidden[:, :-1][keep], batch.labels[:, 1:][keep], keep.nonzero()[:, 0]
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        """The output layer. When training updates only some rows of its weight
-        (``head_rows``, set from the mask), the weight gradient is computed for those rows
-        only: the logits use the detached weight, plus a term that is zero in value and
-        carries the gradient of the selected rows. For a 262k-word vocabulary this removes
-        most of the backward pass's cost; values and the gradient for ``h`` are unchanged."""
+    def _seq2seq_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=batch.decoder_input_ids,
+            use_cache=False,
+        )
+        keep = batch.labels != IGNORE
+        return out.logits[keep], batch.labels[keep], keep.nonzero()[:, 0]
+
+    def _softcap(self) -> float | None:
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None
+
+    def _output_weight(self) -> torch.Tensor | None:
+        """The output layer's weight, or None where it has a bias (then applied unchunked)."""
         model: Any = self.model
         head = model.get_output_embeddings()
-        rows = self.head_rows
-        if rows is None or not head.weight.requires_grad or getattr(head, "bias", None) is not None:
-            out: torch.Tensor = head(h)
-            return out
-        weight = head.weight
-        logits = h @ weight.detach().T
-        if rows.numel():
-            # A sparse gradient: indexing would scatter it into a dense zero tensor of the
-            # whole 262k-row weight (670 MB on gemma) on every step.
-            picked = nn.functional.embedding(rows, weight, sparse=True)
-            # In place: the product is not saved for backward, and a copy of the logits of
-            # a 262k-word vocabulary would be another 150 MB at a step's memory peak.
-            logits.index_add_(1, rows, h @ (picked - picked.detach()).T)
-        result: torch.Tensor = logits
-        return result
+        if getattr(head, "bias", None) is not None:
+            return None
+        weight: torch.Tensor = head.weight
+        return weight
+
+    def _biased_logits(self, h: torch.Tensor) -> torch.Tensor:
+        model: Any = self.model
+        logits: torch.Tensor = model.get_output_embeddings()(h).float()
+        cap = self._softcap()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def token_logprobs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(token) of every labelled token and the example it belongs to. For scoring
+        under ``torch.no_grad()``: a decoder-only model's 262k-word logits exist one chunk of
+        tokens at a time."""
+        if self.family == "seq2seq":
+            logits, targets, row = self._seq2seq_logits(batch)
+            return logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1), row
+        h, targets, row = self._decoder_hidden(batch)
+        weight = self._output_weight()
+        if weight is None:
+            return self._biased_logits(h).log_softmax(-1).gather(1, targets[:, None]).squeeze(1), row
+        return head_loss.token_logprobs(h, weight, targets, softcap=self._softcap()), row
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
         """Mean token cross-entropy of each example (one value per row)."""
-        logits, targets, row = self.token_logits(batch)
-        tok = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        lp, row = self.token_logprobs(batch)
         n = batch.labels.shape[0]
-        sums = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add_(0, row, tok)
-        counts = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add_(0, row, torch.ones_like(tok))
+        sums = torch.zeros(n, device=lp.device, dtype=lp.dtype).index_add_(0, row, -lp)
+        counts = torch.zeros(n, device=lp.device, dtype=lp.dtype).index_add_(0, row, torch.ones_like(lp))
         return sums / counts.clamp(min=1)
 
     def batch_loss(self, batch: Batch) -> torch.Tensor:
-        """Mean over the batch's labelled tokens (the training objective)."""
-        logits, targets, _ = self.token_logits(batch)
-        return nn.functional.cross_entropy(logits.float(), targets)
+        """Mean over the batch's labelled tokens (the training objective).
+
+        Decoder-only models apply the output layer only at the positions the loss needs, a
+        chunk of tokens at a time (:mod:`core.head_loss`). When training updates only some
+        rows of the output layer (``head_rows``, set from the mask), its weight gradient is
+        computed for those rows only, as a sparse gradient: dense, it would be a 670 MB
+        tensor on gemma every step. The loss and the other gradients are unchanged."""
+        if self.family == "seq2seq":
+            logits, targets, _ = self._seq2seq_logits(batch)
+            return nn.functional.cross_entropy(logits.float(), targets)
+        h, targets, _ = self._decoder_hidden(batch)
+        weight, rows = self._output_weight(), self.head_rows
+        if weight is None:
+            return nn.functional.cross_entropy(self._biased_logits(h), targets)
+        if rows is None or not weight.requires_grad:
+            return head_loss.linear_cross_entropy(h, weight, targets, softcap=self._softcap())
+        picked = nn.functional.embedding(rows, weight, sparse=True)
+        return head_loss.linear_cross_entropy(
+            h, weight.detach(), targets, picked=picked, rows=rows, softcap=self._softcap()
+        )
 
 
 def _first_not_none(*values: Any) -> Any:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .masks import Mask
+from .masks import Positions
 
 
 class SparseAdamW:
@@ -29,7 +29,7 @@ class SparseAdamW:
     def __init__(
         self,
         params: dict[str, nn.Parameter],
-        mask: Mask,
+        mask: Positions,
         lr: float,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -47,10 +47,11 @@ class SparseAdamW:
         self.grads: dict[str, torch.Tensor] = {}
         self.set_mask(mask)
 
-    def set_mask(self, mask: Mask) -> None:
+    def set_mask(self, mask: Positions) -> None:
+        """Switch to the mask given as sorted flat positions per parameter."""
         for name, p in self.params.items():
             m = mask.get(name)
-            new = m.reshape(-1).nonzero().squeeze(1).to(p.device) if m is not None else None
+            new = m.to(p.device) if m is not None else None
             if new is None or new.numel() == 0:
                 for d in (self.index, self.exp_avg, self.exp_avg_sq):
                     d.pop(name, None)

@@ -130,7 +130,7 @@ class _Run:
         self.total = sum(p.numel() for p in self.params.values())
         self.k = M.mask_size(method.sparsity, self.total)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.mask: M.Mask | None = None
+        self.mask: M.Positions | None = None
         self.touched: M.Positions | None = None
         self.history: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
@@ -165,20 +165,19 @@ class _Run:
         for p in self.params.values():
             p.requires_grad_(True)
         self.run.head_rows = None  # the Fisher needs every entry's gradient
-        # Only positions of the old mask are kept through the Fisher pass (the refresh's
-        # memory peak): its booleans cost one byte a parameter.
-        prev = M.positions(self.mask) if self.mask is not None else None
-        self.mask = None
-        new, ids, losses = self.select(step)
-        overlap = M.overlap(prev, new)
+        chosen, ids, losses = self.select(step)
+        # Kept as positions: a boolean mask costs one byte a parameter, at the step's peak.
+        new = M.positions(chosen)
+        del chosen
+        overlap = M.overlap(self.mask, new)
         self.mask, self.touched = new, M.union(self.touched, new)
         for name, p in self.params.items():
-            p.requires_grad_(bool(new[name].any()))
+            p.requires_grad_(name in new)
         self.run.head_rows = self.head_rows(new)
         self.model.train()
         info = MaskRefreshInfo(
             step=step,
-            selected=M.count(new),
+            selected=M.count_positions(new),
             total_parameters=self.total,
             overlap=overlap,
             touched=M.count_positions(self.touched) / self.total,
@@ -205,7 +204,7 @@ class _Run:
             ids = torch.randperm(len(self.sources), generator=self.gen)[:n].tolist()
         return M.top_k_mask(self.fisher(ids), self.k, self.gen), ids, losses
 
-    def head_rows(self, mask: M.Mask) -> torch.Tensor | None:
+    def head_rows(self, mask: M.Positions) -> torch.Tensor | None:
         """Rows of a decoder-only model's output layer that hold masked entries."""
         if self.run.family != "decoder-only":
             return None
@@ -214,7 +213,9 @@ class _Run:
         name = next((n for n, p in self.params.items() if p is weight), None)
         if name is None or weight.dim() != 2:
             return None
-        return mask[name].any(dim=1).nonzero().squeeze(1).to(weight.device)
+        if name not in mask:
+            return torch.zeros(0, dtype=torch.long, device=weight.device)
+        return M.row_positions(mask[name], weight.shape[1]).to(weight.device)
 
     def fisher(self, ids: Sequence[int]) -> M.Scores:
         def loss_of(sel: Sequence[int]) -> torch.Tensor:
@@ -259,7 +260,7 @@ class _Run:
                 if p.grad is not None:
                     if p.grad.is_sparse:  # the row-sparse output layer alone (untied)
                         p.grad = p.grad.to_dense()
-                    p.grad.mul_(self.mask[name])
+                    M.keep_only(p.grad, self.mask[name])
         if self.cfg.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(
                 [p for p in self.params.values() if p.grad is not None], self.cfg.max_grad_norm

@@ -80,9 +80,10 @@ def test_touched_positions_and_overlap() -> None:
     b = {"w": torch.tensor([True, True, False, False]), "b": torch.tensor([False, True])}
     pa = M.positions(a)
     assert set(pa) == {"w"} and pa["w"].tolist() == [0, 2]
-    assert M.overlap(None, b) is None
-    assert M.overlap(pa, b) == pytest.approx(1 / 3)  # of b's 3 entries, only w[0] was in a
-    touched = M.union(M.union(None, a), b)
+    pb = M.positions(b)
+    assert M.overlap(None, pb) is None
+    assert M.overlap(pa, pb) == pytest.approx(1 / 3)  # of b's 3 entries, only w[0] was in a
+    touched = M.union(M.union(None, pa), pb)
     assert {n: t.tolist() for n, t in touched.items()} == {"w": [0, 1, 2], "b": [1]}
     assert M.count_positions(touched) == 4
 
@@ -98,20 +99,22 @@ def test_off_mask_parameters_are_bit_identical_after_every_step(
 ) -> None:
     run = make_run(tiny_t5, ner_spec, ner_train, method, optimizer, refresh_every=2)
     run.choose_mask(0)
-    assert run.mask is not None and M.count(run.mask) == run.k
+    assert run.mask is not None and M.count_positions(run.mask) == run.k
     opt = run.build_optimizer()
     assert isinstance(opt, SparseAdamW) == (optimizer == "adamw")
     moved = 0
     for step in range(1, 5):
         if method == "fish_dip" and step % 2 == 0:
             run.choose_mask(step)
-            assert M.count(run.mask) == run.k
+            assert M.count_positions(run.mask) == run.k
             if isinstance(opt, SparseAdamW):
                 opt.set_mask(run.mask)
         before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
         run.train_step(opt, [step % len(ner_train), (step + 1) % len(ner_train)])
         for n, p in run.model.named_parameters():
-            off = ~run.mask[n]
+            off = torch.ones_like(p, dtype=torch.bool)
+            if n in run.mask:
+                off.view(-1)[run.mask[n]] = False
             assert torch.equal(p.detach()[off].view(torch.int32), before[n][off].view(torch.int32)), n
             moved += int((p.detach() != before[n]).sum())
     assert moved > 0  # the masked entries did train
@@ -146,7 +149,7 @@ def test_fish_dip_with_all_examples_equals_fish(
     b = make_run(tiny_t5, ner_spec, ner_train, "fish", regressing_examples=n)
     a.choose_mask(0)
     b.choose_mask(0)
-    assert a.mask is not None and b.mask is not None
+    assert a.mask is not None and b.mask is not None and a.mask.keys() == b.mask.keys()
     assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
 
 
@@ -157,17 +160,18 @@ def test_random_mask_differs_from_fisher_mask(
     b = make_run(tiny_t5, ner_spec, ner_train, "fish")
     a.choose_mask(0)
     b.choose_mask(0)
-    assert M.count(a.mask) == M.count(b.mask) == a.k
-    assert (M.overlap(M.positions(a.mask), b.mask) or 0) < 0.5
+    assert a.mask is not None and b.mask is not None
+    assert M.count_positions(a.mask) == M.count_positions(b.mask) == a.k
+    assert (M.overlap(a.mask, b.mask) or 0) < 0.5
 
 
 def test_sparse_adamw_carries_state_over_for_kept_entries() -> None:
     p = torch.nn.Parameter(torch.zeros(6))
-    opt = SparseAdamW({"p": p}, {"p": torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)}, lr=0.1)
+    opt = SparseAdamW({"p": p}, {"p": torch.tensor([0, 1, 4])}, lr=0.1)
     opt.grads = {"p": torch.tensor([1.0, 2.0, 3.0])}
     opt.step()
     m_before = opt.exp_avg["p"].clone()
-    opt.set_mask({"p": torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.bool)})
+    opt.set_mask({"p": torch.tensor([1, 2, 4])})
     assert opt.index["p"].tolist() == [1, 2, 4]
     assert opt.exp_avg["p"].tolist() == [m_before[1].item(), 0.0, m_before[2].item()]
     assert p.detach()[[3, 5]].tolist() == [0.0, 0.0]
@@ -231,7 +235,7 @@ def test_sparse_row_gradients_give_the_same_adamw_step(
     def one_step(sparse: bool) -> dict[str, torch.Tensor]:
         run = make_run(tiny_causal, ner_spec, ner_train, "fish", "adamw")
         run.choose_mask(0)
-        assert run.mask is not None and bool(run.mask["model.embed_tokens.weight"].any())
+        assert run.mask is not None and "model.embed_tokens.weight" in run.mask
         opt = run.build_optimizer()
         if not sparse:  # dense lookup gradient and the full output-layer gradient
             monkeypatch.setattr(M, "sparse_lookup_gradients", lambda model: contextlib.nullcontext())

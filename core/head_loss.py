@@ -1,0 +1,156 @@
+"""Cross-entropy through a large output layer, a few tokens at a time.
+
+On gemma-3-270m the output layer has 262,144 rows. Applied in one piece to the ~300 target
+tokens of a batch of 8, its logits are a [300, 262144] fp32 tensor (315 MB); autograd keeps
+them and their log-softmax for the backward pass and builds two more of that size while it
+runs: about 1.2 GB at a training step's memory peak, for a scalar loss.
+
+Here the logits exist one chunk of tokens at a time (``CHUNK_ELEMENTS`` logits, 64 MB).
+Because the loss is the last operation of the graph, its gradients are computed in the
+same pass (softmax minus one-hot, times the layer) and kept until backward, which only
+scales them by the incoming gradient: the matrix products are the ones an unchunked
+backward does, with no recomputation. What is kept is small: the gradient for the hidden
+states, plus the weight's gradient when the weight trains (dense, or only the rows of a
+row-sparse output layer; see :meth:`core.models.LoadedBase.batch_loss`).
+
+Limits: the graph can be backpropagated once (no ``retain_graph`` reuse), and the gradients
+are computed whenever an input requires one, so call it under ``torch.no_grad()`` (or use
+:func:`token_logprobs`) when no backward pass follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32
+
+
+def chunk_tokens(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
+    return max(1, elements // max(1, vocab))
+
+
+def compute_dtype(h: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would use for ``h`` here (the loss itself is always fp32)."""
+    kind = h.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+
+
+def _logits(
+    hc: torch.Tensor, w: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 logits of a chunk, and tanh(z / cap) where the model soft-caps its logits."""
+    z = (hc @ w.T).float()
+    if not softcap:
+        return z, None
+    t = z.div_(softcap).tanh_()
+    return t * softcap, t
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        picked: torch.Tensor | None,
+        rows: torch.Tensor | None,
+        targets: torch.Tensor,
+        softcap: float | None,
+        dtype: torch.dtype,
+        chunk: int,
+    ) -> torch.Tensor:
+        need_h, need_w, need_p = ctx.needs_input_grad[:3]
+        n = h.shape[0]
+        with torch.autocast(h.device.type, enabled=False):
+            w = weight.detach().to(dtype)  # one cast per call, not one per chunk
+            gh = torch.empty_like(h) if need_h else None
+            gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            gp = torch.zeros_like(picked, dtype=torch.float32) if picked is not None and need_p else None
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            for s in range(0, n, chunk):
+                hc, tc = h[s : s + chunk].detach().to(dtype), targets[s : s + chunk]
+                z, t = _logits(hc, w, softcap)
+                lse = torch.logsumexp(z, 1)
+                total += (lse - z.gather(1, tc[:, None]).squeeze(1)).sum()
+                if not (need_h or need_w or need_p):
+                    continue
+                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g[torch.arange(tc.numel(), device=g.device), tc] -= 1.0
+                if t is not None:
+                    g.mul_(t.square_().neg_().add_(1.0))  # through cap * tanh(z / cap)
+                g.div_(max(1, n))  # the mean over tokens
+                gd = g.to(dtype)
+                if gh is not None:
+                    gh[s : s + chunk] = (gd @ w).to(h.dtype)
+                if gw is not None and gd.dtype == gw.dtype:
+                    gw.addmm_(gd.T, hc)  # in place: no [vocab, d] temporary per chunk
+                elif gw is not None:
+                    gw += gd.T @ hc  # bf16 product, summed in fp32
+                if gp is not None and rows is not None:
+                    gp += g[:, rows].to(dtype).T @ hc
+        ctx.grads = (gh, gw, gp, weight.dtype, None if picked is None else picked.dtype)
+        return total / max(1, n)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.grads is None:
+            raise RuntimeError("the output-layer loss can be backpropagated once (no retain_graph reuse)")
+        gh, gw, gp, w_dtype, p_dtype = ctx.grads
+        ctx.grads = None
+        return (
+            None if gh is None else gh.mul_(grad.to(gh.dtype)),
+            None if gw is None else gw.mul_(grad).to(w_dtype),
+            None if gp is None else gp.mul_(grad).to(p_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    picked: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Mean over tokens of ``cross_entropy(softcap(h @ weight.T), targets)``.
+
+    ``h`` [n, d] hidden states, ``weight`` [vocab, d]; ``targets`` [n]. For a row-sparse
+    output layer pass the weight detached and ``picked`` = the weight's ``rows`` as a
+    differentiable tensor (equal in value): the gradient then reaches those rows only.
+    """
+    if (picked is None) != (rows is None):
+        raise ValueError("picked and rows go together")
+    step = chunk or chunk_tokens(weight.shape[0])
+    out: torch.Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        h, weight, picked, rows, targets, softcap, compute_dtype(h), step
+    )
+    return out
+
+
+def token_logprobs(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    softcap: float | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """log p(target) of every token, one chunk of logits at a time. Meant for scoring under
+    ``torch.no_grad()``; with grad enabled it stays correct but keeps every chunk for backward."""
+    step = chunk or chunk_tokens(weight.shape[0])
+    dtype = compute_dtype(h)
+    w = weight.to(dtype)
+    parts = []
+    for s in range(0, h.shape[0], step):
+        z, _ = _logits(h[s : s + step].to(dtype), w, softcap)
+        parts.append(z.gather(1, targets[s : s + step, None]).squeeze(1) - torch.logsumexp(z, 1))
+    return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
