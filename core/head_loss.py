@@ -66,8 +66,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             w = weight.detach().to(dtype)  # one cast per call, not one per chunk
             gh = torch.empty_like(h) if need_h else None
-            gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            gp = torch.zeros_like(picked, dtype=torch.float32) if picked is not None and need_p else None
+            gw = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+            gp = torch.zeros_like(picked, dtype=dtype) if picked is not None and need_p else None
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for s in range(0, n, chunk):
                 hc, tc = h[s : s + chunk].detach().to(dtype), targets[s : s + chunk]
@@ -84,12 +84,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gd = g.to(dtype)
                 if gh is not None:
                     gh[s : s + chunk] = (gd @ w).to(h.dtype)
-                if gw is not None and gd.dtype == gw.dtype:
-                    gw.addmm_(gd.T, hc)  # in place: no [vocab, d] temporary per chunk
-                elif gw is not None:
-                    gw += gd.T @ hc  # bf16 product, summed in fp32
+                # Accumulated in place, in the matmul dtype (as autocast's backward gives it):
+                # a product then a sum would need a [vocab, d] temporary per chunk, and on
+                # this CPU a bf16 addmm is 2x faster than fp32 and 6x faster than product+sum.
+                if gw is not None:
+                    gw.addmm_(gd.T, hc)
                 if gp is not None and rows is not None:
-                    gp += g[:, rows].to(dtype).T @ hc
+                    gp.addmm_(gd[:, rows].T, hc)
         ctx.grads = (gh, gw, gp, weight.dtype, None if picked is None else picked.dtype)
         return total / max(1, n)
 
@@ -101,8 +102,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.grads = None
         return (
             None if gh is None else gh.mul_(grad.to(gh.dtype)),
-            None if gw is None else gw.mul_(grad).to(w_dtype),
-            None if gp is None else gp.mul_(grad).to(p_dtype),
+            None if gw is None else gw.mul_(grad.to(gw.dtype)).to(w_dtype),
+            None if gp is None else gp.mul_(grad.to(gp.dtype)).to(p_dtype),
             None,
             None,
             None,

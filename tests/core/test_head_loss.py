@@ -93,10 +93,16 @@ def test_token_logprobs_match_log_softmax(cap: float | None) -> None:
 
 def test_bf16_autocast_stays_close_to_fp32() -> None:
     h, w, t = _data(5)
-    ref = _reference(h, w, t, None)
-    hb = h.clone().requires_grad_()
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = _reference(h1, w1, t, None)
+    ref.backward()
+    hb, wb = h.clone().requires_grad_(), w.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = head_loss.linear_cross_entropy(hb, w, t, chunk=4)
+        got = head_loss.linear_cross_entropy(hb, wb, t, chunk=4)
     got.backward()
-    assert got.dtype == torch.float32 and hb.grad is not None and hb.grad.dtype == torch.float32
+    assert got.dtype == torch.float32
+    assert hb.grad is not None and hb.grad.dtype == torch.float32
+    assert wb.grad is not None and wb.grad.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(wb.grad, w1.grad, rtol=0.05, atol=0.01)
+    torch.testing.assert_close(hb.grad, h1.grad, rtol=0.05, atol=0.01)
