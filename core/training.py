@@ -33,6 +33,7 @@ from . import masks as M
 from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
 from .errors import ConfigError, FitCancelled
 from .extract import predict
+from .memory import release_free_memory
 from .models import LoadedBase
 from .optim import SparseAdamW, adafactor, linear_decay, set_lr
 from .tasks import TaskSpec, get_task
@@ -165,6 +166,7 @@ class _Run:
         for p in self.params.values():
             p.requires_grad_(True)
         self.run.head_rows = None  # the Fisher needs every entry's gradient
+        release_free_memory()  # the refresh is the run's memory peak: start it from what is alive
         chosen, ids, losses = self.select(step)
         # Kept as positions: a boolean mask costs one byte a parameter, at the step's peak.
         new = M.positions(chosen)
@@ -175,6 +177,7 @@ class _Run:
             p.requires_grad_(name in new)
         self.run.head_rows = self.head_rows(new)
         self.model.train()
+        release_free_memory()  # the Fisher scores and gradients just freed
         info = MaskRefreshInfo(
             step=step,
             selected=M.count_positions(new),
