@@ -25,6 +25,9 @@ from typing import Any
 import torch
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32
+# When the whole weight trains (full fine-tuning, the Fisher pass), every chunk adds into a
+# [vocab, d] gradient (670 MB on gemma): memory-bound, so fewer, larger chunks (256 MB).
+DENSE_CHUNK_ELEMENTS = 1 << 26
 
 
 def chunk_tokens(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
@@ -130,7 +133,8 @@ def linear_cross_entropy(
     """
     if (picked is None) != (rows is None):
         raise ValueError("picked and rows go together")
-    step = chunk or chunk_tokens(weight.shape[0])
+    dense = weight.requires_grad and torch.is_grad_enabled()
+    step = chunk or chunk_tokens(weight.shape[0], DENSE_CHUNK_ELEMENTS if dense else CHUNK_ELEMENTS)
     out: torch.Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
         h, weight, picked, rows, targets, softcap, compute_dtype(h), step
     )
