@@ -203,11 +203,11 @@ class LoadedBase:
         tokens at a time."""
         if self.family == "seq2seq":
             logits, targets, row = self._seq2seq_logits(batch)
-            return logits.float().log_softmax(-1).gather(1, targets[:, None]).squeeze(1), row
+            return _target_logprobs(logits.float(), targets), row
         h, targets, row = self._decoder_hidden(batch)
         weight = self._output_weight()
         if weight is None:
-            return self._biased_logits(h).log_softmax(-1).gather(1, targets[:, None]).squeeze(1), row
+            return _target_logprobs(self._biased_logits(h), targets), row
         return head_loss.token_logprobs(h, weight, targets, softcap=self._softcap()), row
 
     def example_losses(self, batch: Batch) -> torch.Tensor:
@@ -239,6 +239,11 @@ class LoadedBase:
         return head_loss.linear_cross_entropy(
             h, weight.detach(), targets, picked=picked, rows=rows, softcap=self._softcap()
         )
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per row of unchunked fp32 logits."""
+    return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
 
 
 def _first_not_none(*values: Any) -> Any:
