@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .head_loss import RowGradient, WeightGradSink
+
 Mask = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
 # name -> sorted flat positions (int64), names with no entry left out: how training keeps a
@@ -41,22 +43,28 @@ class _SquaredGradients:
     A tied input/output embedding gets its two gradients separately: during the pass the
     lookup reads a twin parameter that shares the weight's storage (with
     :func:`sparse_lookup_gradients`, its gradient is sparse: its rows only). The output
-    layer's dense gradient waits for the lookup's rows, which are added into it in place
-    before squaring. Summed by autograd instead, the two would cost a second copy of the
-    670 MB gradient of gemma's 262k-word embedding."""
+    layer's gradient waits for the lookup's rows, which are added into it before squaring.
+    Summed by autograd instead, the two would cost a second copy of the 670 MB gradient of
+    gemma's 262k-word embedding. Where the loss hands the output layer's gradient over as a
+    :class:`~core.head_loss.RowGradient` (:meth:`head_sink`), it is never built whole: it is
+    computed, combined and squared ``ROW_BLOCK`` rows at a time."""
+
+    # Rows of an output layer's RowGradient squared at a time (21 MB of fp32 on gemma).
+    ROW_BLOCK = 8192
 
     def __init__(self, model: nn.Module) -> None:
         self.scores: Scores = {}
-        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.pending: dict[str, list[torch.Tensor | RowGradient]] = {}
         self.handles: list[Any] = []
         self.emb = _input_embedding(model)
         self.twin: nn.Parameter | None = None
         params = trainable(model)
         out = getattr(model, "get_output_embeddings", lambda: None)()
+        self.head = None if out is None else next((n for n, p in params if p is out.weight), None)
         self.tied: str | None = None
         if self.emb is not None and out is not None and out.weight is self.emb.weight:
             self.original = self.emb.weight
-            self.tied = next((n for n, p in params if p is self.original), None)
+            self.tied = self.head
         for name, p in params:
             self.scores[name] = torch.zeros_like(p, dtype=torch.float32)
             self._watch(p, name)
@@ -66,19 +74,56 @@ class _SquaredGradients:
             assert param.grad is not None
             g = param.grad.detach()
             param.grad = None
-            if name != self.tied:
-                self._add(name, g)
-                return
-            parts = self.pending.setdefault(name, [])
-            parts.append(g)
-            if len(parts) == 2:  # both the output layer's and the lookup's: combine, square
-                self._add(name, _combine(*self.pending.pop(name)))
+            self._receive(name, g)
 
         self.handles.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
 
-    def _add(self, name: str, g: torch.Tensor) -> None:
+    def head_sink(self) -> WeightGradSink | None:
+        """Where the output layer's loss hands over its weight gradient as a RowGradient
+        (:meth:`core.models.LoadedBase.batch_loss`), so that no dense gradient is built."""
+        head = self.head
+        if head is None:
+            return None
+        return lambda g: self._receive(head, g)
+
+    def _receive(self, name: str, g: torch.Tensor | RowGradient) -> None:
+        if name != self.tied:
+            self._add(name, g)
+            return
+        parts = self.pending.setdefault(name, [])
+        parts.append(g)
+        if len(parts) == 2:  # both the output layer's and the lookup's: combine, square
+            a, b = self.pending.pop(name)
+            if isinstance(a, RowGradient) or isinstance(b, RowGradient):
+                rows, other = (a, b) if isinstance(a, RowGradient) else (b, a)
+                assert isinstance(rows, RowGradient) and isinstance(other, torch.Tensor)
+                self._add_rows(name, rows, other)
+            else:
+                self._add(name, _combine(a, b))
+
+    def _add_rows(self, name: str, g: RowGradient, extra: torch.Tensor | None = None) -> None:
+        """Square (g + extra) a block of rows at a time, into the scores."""
+        s = self.scores[name]
+        idx = vals = None
+        if extra is not None and extra.is_sparse:
+            extra = extra.coalesce()
+            idx, vals = extra.indices()[0], extra.values()
+        for r0 in range(0, g.num_rows, self.ROW_BLOCK):
+            r1 = min(r0 + self.ROW_BLOCK, g.num_rows)
+            block = g.rows(r0, r1)
+            if idx is not None and vals is not None:
+                lo, hi = (int(i) for i in torch.searchsorted(idx, torch.tensor([r0, r1], device=idx.device)))
+                block.index_add_(0, idx[lo:hi] - r0, vals[lo:hi].to(block.dtype))
+            elif extra is not None:
+                block.add_(extra[r0:r1])
+            s[r0:r1].addcmul_(block, block)
+
+    def _add(self, name: str, g: torch.Tensor | RowGradient) -> None:
         # In place, with no squared temporary: for a 262k-word embedding each temporary
         # would be another 670 MB at the refresh's memory peak.
+        if isinstance(g, RowGradient):
+            self._add_rows(name, g)
+            return
         s = self.scores[name]
         if g.is_sparse:  # an input embedding's rows
             g = g.coalesce()
@@ -132,19 +177,30 @@ def fisher_scores(
     loss_of: Callable[[Sequence[int]], torch.Tensor],
     example_ids: Sequence[int],
     per_example: bool = True,
+    bind_head: Callable[[WeightGradSink | None], None] | None = None,
 ) -> Scores:
     """Empirical Fisher: sum over the chosen examples of (d loss_s / d p)^2, gold targets.
 
     ``loss_of(ids)`` returns the mean loss of those examples. With ``per_example`` each
     example gets its own backward pass (the definition); otherwise one pass over all.
+    ``bind_head(sink)`` is called with a sink for the output layer's weight gradient before
+    the passes and with None after them (see :meth:`core.models.LoadedBase.batch_loss`).
     """
     # The twin goes in first: sparse_lookup_gradients then switches the lookup it reads.
     with _SquaredGradients(model) as acc, sparse_lookup_gradients(model):
-        groups: Iterable[Sequence[int]] = [[i] for i in example_ids] if per_example else [list(example_ids)]
-        for ids in groups:
-            model.zero_grad(set_to_none=True)
-            loss_of(ids).backward()  # type: ignore[no-untyped-call]
-            acc.flush()
+        if bind_head is not None:
+            bind_head(acc.head_sink())
+        try:
+            groups: Iterable[Sequence[int]] = (
+                [[i] for i in example_ids] if per_example else [list(example_ids)]
+            )
+            for ids in groups:
+                model.zero_grad(set_to_none=True)
+                loss_of(ids).backward()  # type: ignore[no-untyped-call]
+                acc.flush()
+        finally:
+            if bind_head is not None:
+                bind_head(None)
     return acc.scores
 
 

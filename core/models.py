@@ -93,6 +93,9 @@ class LoadedBase:
         self._sep_ids = self.encode(CAUSAL_SEPARATOR) if family == "decoder-only" else []
         # Rows of the output layer that training may change (None: all). See batch_loss.
         self.head_rows: torch.Tensor | None = None
+        # Set during the Fisher pass: receives the output layer's weight gradient a block of
+        # rows at a time instead of as a dense .grad. See batch_loss.
+        self.head_grad_sink: head_loss.WeightGradSink | None = None
 
     def bind(self, model: nn.Module) -> LoadedBase:
         """The same tokenizer and family around another copy of the weights (a fine-tuned
@@ -225,7 +228,9 @@ class LoadedBase:
         chunk of tokens at a time (:mod:`core.head_loss`). When training updates only some
         rows of the output layer (``head_rows``, set from the mask), its weight gradient is
         computed for those rows only, as a sparse gradient: dense, it would be a 670 MB
-        tensor on gemma every step. The loss and the other gradients are unchanged."""
+        tensor on gemma every step. The loss and the other gradients are unchanged. With
+        ``head_grad_sink`` set (the Fisher pass), a trainable output layer's gradient goes
+        to it as a :class:`~core.head_loss.RowGradient`, not to ``.grad``."""
         if self.family == "seq2seq":
             logits, targets, _ = self._seq2seq_logits(batch)
             return nn.functional.cross_entropy(logits.float(), targets)
@@ -233,6 +238,11 @@ class LoadedBase:
         weight, rows = self._output_weight(), self.head_rows
         if weight is None:
             return nn.functional.cross_entropy(self._biased_logits(h), targets)
+        sink = self.head_grad_sink
+        if rows is None and sink is not None and weight.requires_grad and torch.is_grad_enabled():
+            return head_loss.linear_cross_entropy(
+                h, weight.detach(), targets, softcap=self._softcap(), weight_grad=sink
+            )
         if rows is None or not weight.requires_grad:
             return head_loss.linear_cross_entropy(h, weight, targets, softcap=self._softcap())
         picked = nn.functional.embedding(rows, weight, sparse=True)

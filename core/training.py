@@ -33,6 +33,7 @@ from . import masks as M
 from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
 from .errors import ConfigError, FitCancelled
 from .extract import predict
+from .head_loss import WeightGradSink
 from .memory import release_free_memory
 from .models import LoadedBase
 from .optim import SparseAdamW, adafactor, linear_decay, set_lr
@@ -231,8 +232,16 @@ class _Run:
         # Sum in index order, so the same examples give bit-identical scores whatever order
         # they were chosen in (fish_dip ranks by loss, fish draws at random).
         ids_ = sorted(ids)
+
+        def bind_head(sink: WeightGradSink | None) -> None:
+            self.run.head_grad_sink = sink  # the output layer's gradient, a block of rows at a time
+
         return M.fisher_scores(
-            self.model, loss_of, range(len(ids_)), per_example=self.method.fisher == "per_example"
+            self.model,
+            loss_of,
+            range(len(ids_)),
+            per_example=self.method.fisher == "per_example",
+            bind_head=bind_head,
         )
 
     # ------------------------------------------------------------------ optimizer

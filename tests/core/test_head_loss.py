@@ -42,6 +42,29 @@ def test_loss_and_dense_gradients_match_the_plain_loss(chunk: int | None, cap: f
     torch.testing.assert_close(w2.grad, w1.grad)
 
 
+@pytest.mark.parametrize("dim", [DIM, 4])  # factored (tokens < dim) and dense (tokens >= dim)
+@pytest.mark.parametrize("cap", [None, 2.0])
+def test_weight_gradient_handed_to_a_sink_block_by_block(dim: int, cap: float | None) -> None:
+    h, w, t = _data(2)
+    h, w = h[:, :dim].contiguous(), w[:, :dim].contiguous()
+    if dim == DIM:
+        h = torch.cat([h, h])[: DIM - 1]  # fewer tokens than dimensions
+        t = torch.cat([t, t])[: DIM - 1]
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    (_reference(h1, w1, t, cap) * 3.0).backward()
+    got: list[head_loss.RowGradient] = []
+    h2 = h.clone().requires_grad_()
+    loss = head_loss.linear_cross_entropy(h2, w, t, softcap=cap, chunk=3, weight_grad=got.append)
+    assert not got  # handed over during backward, scaled by the upstream gradient
+    (loss * 3.0).backward()
+    assert len(got) == 1 and (got[0].dense is None) == (h.shape[0] < dim)
+    blocks = torch.cat([got[0].rows(a, min(a + 7, VOCAB)) for a in range(0, VOCAB, 7)])
+    torch.testing.assert_close(blocks, w1.grad)
+    torch.testing.assert_close(h2.grad, h1.grad)
+    with pytest.raises(ValueError, match="detached"):
+        head_loss.linear_cross_entropy(h2, w.clone().requires_grad_(), t, weight_grad=got.append)
+
+
 def test_row_sparse_weight_gets_its_rows_gradient_only() -> None:
     h, w, t = _data(1)
     rows = torch.tensor([0, 7, int(t[0]), 49])
