@@ -4,7 +4,7 @@
     fishdip keys revoke KEY_ID                      refused by the API within FISHDIP_AUTH_CACHE_SECONDS
     fishdip keys list
     fishdip migrate                                 alembic upgrade head
-    fishdip serve | worker ...                      handled by worker.cli
+    fishdip serve | worker | allocator ...          handled by worker.cli
 
 The database is the one in the settings (FISHDIP_DATABASE_URL); ``--database-url``
 overrides it for one command.
@@ -21,7 +21,7 @@ from store.db import make_engine, make_session_factory, session_scope
 from store.keys import create_key, list_keys, revoke_key
 from store.settings import get_settings
 
-DELEGATED = ("serve", "worker")
+DELEGATED = ("serve", "worker", "allocator")
 
 
 def _parser() -> argparse.ArgumentParser:

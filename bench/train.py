@@ -44,6 +44,7 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
 
     import core
     from core.data import read_conll
+    from core.memory import allocator
 
     torch.manual_seed(0)
     method_type, optimizer = args.arm.split(":")
@@ -82,6 +83,7 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     total = time.perf_counter() - t0
     out: dict[str, Any] = {
         "arm": args.arm,
+        "allocator": allocator(),
         "steps": result.steps,
         "total_s": total,
         "step_s_median": sorted(step_times)[len(step_times) // 2],
@@ -99,6 +101,19 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def arm_env(allocator: str) -> dict[str, str]:
+    env = os.environ.copy()
+    if allocator == "jemalloc":
+        sys.path.insert(0, str(ROOT))
+        from core.memory import jemalloc_path
+
+        lib = jemalloc_path()
+        if lib is None:
+            raise SystemExit("--allocator jemalloc: libjemalloc.so.2 not found (apt install libjemalloc2)")
+        env["LD_PRELOAD"] = lib
+    return env
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="gemma-3-270m")
@@ -111,6 +126,12 @@ def main() -> None:
         "--bf16", choices=["auto", "on", "off"], default="auto", help="autocast; auto: on for bases over 50M"
     )
     ap.add_argument("--optimizers", default="adamw,adafactor")
+    ap.add_argument(
+        "--allocator",
+        choices=["system", "jemalloc"],
+        default="system",
+        help="jemalloc: run both arms with libjemalloc preloaded (LD_PRELOAD), as the worker does",
+    )
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.arm:
@@ -140,7 +161,9 @@ def main() -> None:
                 "--bf16",
                 args.bf16,
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=True)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env=arm_env(args.allocator), check=True
+            )
             results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[arm]
             print(
@@ -152,7 +175,7 @@ def main() -> None:
             )
     print(
         f"\nbase={args.base} steps={args.steps} batch={args.batch} sparsity={args.sparsity} "
-        f"refresh_every={args.refresh_every} bf16={args.bf16}"
+        f"refresh_every={args.refresh_every} bf16={args.bf16} allocator={args.allocator}"
     )
     for opt in args.optimizers.split(","):
         full, fd = results[f"full:{opt}"], results[f"fish_dip:{opt}"]

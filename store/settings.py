@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     # Base models this deployment offers; empty means every registered base.
     base_models: list[str] = Field(default_factory=list)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # The worker's malloc: jemalloc keeps a training process's resident set 1-2 GB lower than
+    # glibc's on gemma-3-270m (docs/BENCHMARKS.md). auto: jemalloc where libjemalloc2 is
+    # installed; jemalloc: required; system: the C library's.
+    allocator: Literal["auto", "jemalloc", "system"] = "auto"
     model_cache_size: int = 8  # fine-tuned deltas kept resident by the serving cache
     cache_dir: Path = Path.home() / ".cache" / "fishdip"
 

@@ -1,7 +1,9 @@
-"""``fishdip worker`` and ``fishdip serve``.
+"""``fishdip worker``, ``fishdip serve`` and ``fishdip allocator``.
 
 ``worker``: one Celery worker process, solo pool, one job at a time. Training saturates the
 device, so parallelism comes from more worker processes (one per GPU), never from threads.
+It runs under jemalloc where that is installed (``FISHDIP_ALLOCATOR``; ``allocator`` prints
+which malloc a worker started now would use).
 
 ``serve``: the embedded mode for one machine: migrate the settings database, then run the
 API (uvicorn) and one worker subprocess side by side; Ctrl-C stops both.
@@ -21,6 +23,37 @@ from collections.abc import Sequence
 log = logging.getLogger(__name__)
 
 API_APP = "api.app:app"
+# Set in the environment of a worker re-executed with jemalloc preloaded: never twice.
+PRELOADED_MARK = "FISHDIP_ALLOCATOR_PRELOADED"
+
+
+def preload_allocator(argv: Sequence[str]) -> None:
+    """Run this ``worker.cli`` command under jemalloc when the settings ask for it
+    (``FISHDIP_ALLOCATOR``, see store.settings): re-executes the process once, same pid and
+    arguments, with the library in ``LD_PRELOAD``; returns where there is nothing to do.
+    A preload must happen before the process starts, hence the re-execution."""
+    from store.settings import get_settings
+
+    choice = get_settings().allocator
+    if choice == "system" or os.environ.get(PRELOADED_MARK):
+        return
+    from core.memory import allocator, jemalloc_path
+
+    if allocator() == "jemalloc":
+        return
+    lib = jemalloc_path()
+    if lib is None:
+        if choice == "jemalloc":
+            raise SystemExit(
+                "FISHDIP_ALLOCATOR=jemalloc, but libjemalloc.so.2 is not installed (libjemalloc2)"
+            )
+        log.info("libjemalloc.so.2 not found: the worker uses the system allocator")
+        return
+    preload = " ".join(p for p in (lib, os.environ.get("LD_PRELOAD", "")) if p)
+    env = {**os.environ, "LD_PRELOAD": preload, PRELOADED_MARK: "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "worker.cli", *argv], env)
 
 
 def worker_argv(loglevel: str = "INFO") -> list[str]:
@@ -41,9 +74,12 @@ def worker_argv(loglevel: str = "INFO") -> list[str]:
 
 
 def run_worker(loglevel: str = "INFO") -> int:
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    preload_allocator(["worker", f"--loglevel={loglevel}"])
+    from core.memory import allocator
     from worker.app import app
 
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("allocator: %s", allocator())
     app.worker_main(worker_argv(loglevel))
     return 0
 
@@ -141,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--loglevel", default="INFO")
     sub.add_parser("migrate", help="alembic upgrade head on the settings database")
+    sub.add_parser("allocator", help="print the malloc a worker started now would use (FISHDIP_ALLOCATOR)")
     return parser
 
 
@@ -150,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args.loglevel)
     if args.command == "serve":
         return serve(args.host, args.port, args.loglevel)
+    if args.command == "allocator":
+        preload_allocator(["allocator"])
+        from core.memory import allocator
+
+        sys.stdout.write(allocator() + "\n")
+        return 0
     return migrate()
 
 

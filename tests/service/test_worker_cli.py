@@ -1,8 +1,12 @@
-"""``fishdip serve``'s first-run key: created once, readable only by its owner, valid."""
+"""``fishdip serve``'s first-run key: created once, readable only by its owner, valid; the
+worker's allocator."""
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,26 @@ def test_eta_follows_recent_steps_not_start_up() -> None:
     rate.update(2, 102.0)
     rate.update(3, 104.0)
     assert rate.eta(3, 10) == 14.0
+
+
+def _allocator_of_a_worker(setting: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FISHDIP_ALLOCATOR_PRELOADED")}
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "allocator"],
+        env={**env, "FISHDIP_ALLOCATOR": setting},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_worker_runs_under_jemalloc_where_installed_unless_told_not_to() -> None:
+    from core.memory import jemalloc_path
+
+    assert _allocator_of_a_worker("system") == "system"
+    if jemalloc_path() is None:
+        pytest.skip("libjemalloc.so.2 is not installed")
+    assert _allocator_of_a_worker("auto") == "jemalloc"  # re-executed once, with the library preloaded
