@@ -118,7 +118,8 @@ def save_delta(
         metrics = metrics if metrics is not None else result.metrics
     if spec is None:
         raise CoreError("save_delta needs the task spec")
-    tensors, changed = diff(model, base.model)
+    with base.weights_lock:  # the base's own values, not a sparse fit's (core.training)
+        tensors, changed = diff(model, base.model)
     flat: dict[str, torch.Tensor] = {}
     numel = {n: p.numel() for n, p in base.model.named_parameters()}
     for name, (idx, val) in tensors.items():
@@ -273,7 +274,8 @@ def _base_values(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor
 def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:
     """A fresh fine-tuned copy of the base (the base itself is not modified)."""
     check_base(base, delta)
-    model = copy.deepcopy(base.model)
+    with base.weights_lock:
+        model = copy.deepcopy(base.model)
     _write(model, delta)
     model.eval()
     return base.bind(model)
@@ -293,7 +295,8 @@ class SharedBase:
 
     def __init__(self, base: LoadedBase) -> None:
         self.base = base
-        self.model = copy.deepcopy(base.model).eval()
+        with base.weights_lock:
+            self.model = copy.deepcopy(base.model).eval()
         self.view = base.bind(self.model)
         self._lock = threading.Lock()
         self._active: SparseDelta | None = None
@@ -306,9 +309,10 @@ class SharedBase:
             self._active = None
 
     def _remember(self, delta: SparseDelta) -> None:
+        """Called with no delta applied: the resident copy then holds the base's values."""
         key = id(delta)
         if key not in self._restore:
-            self._restore[key] = _base_values(self.base.model, delta)
+            self._restore[key] = _base_values(self.model, delta)
             weakref.finalize(delta, self._restore.pop, key, None)
 
     @contextmanager

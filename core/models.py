@@ -96,6 +96,10 @@ class LoadedBase:
         # Set during the Fisher pass: receives the output layer's weight gradient a block of
         # rows at a time instead of as a dense .grad. See batch_loss.
         self.head_grad_sink: head_loss.WeightGradSink | None = None
+        # Held while a sparse fit trains on these very tensors (core.training lends them) and
+        # by every reader that needs the base's own values: apply_delta, SharedBase,
+        # save_delta. Views from bind() share it.
+        self.weights_lock = threading.RLock()
 
     def bind(self, model: nn.Module) -> LoadedBase:
         """The same tokenizer and family around another copy of the weights (a fine-tuned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import core
 from core import masks as M
 from core.config import MethodConfig, TrainConfig, resolve_config
 from core.optim import SparseAdamW, _gather
-from core.training import _Run
+from core.training import _Run, _train
 
 
 def make_run(
@@ -250,3 +251,75 @@ def test_sparse_row_gradients_give_the_same_adamw_step(
         torch.testing.assert_close(sparse[n], dense[n], rtol=1e-6, atol=1e-8)
         moved += int((sparse[n] != tiny_causal.model.get_parameter(n)).sum())
     assert moved > 0
+
+
+def _fresh_fingerprint(base: core.LoadedBase) -> str:
+    from core.models import fingerprint_module
+
+    return fingerprint_module(base.model)
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+@pytest.mark.parametrize("which", ["tiny_t5", "tiny_causal"])
+def test_a_sparse_fit_on_the_lent_base_equals_one_on_a_copy_and_gives_the_base_back(
+    request: pytest.FixtureRequest,
+    which: str,
+    optimizer: str,
+    ner_spec: core.TaskSpec,
+    ner_train: list[dict[str, Any]],
+) -> None:
+    base: core.LoadedBase = request.getfixturevalue(which)
+    before = _fresh_fingerprint(base)
+    assert before == base.fingerprint
+    m = MethodConfig(type="fish_dip", sparsity=0.01, refresh_every=2)
+    config = TrainConfig(optimizer=optimizer, batch_size=2, max_steps=5, seed=7, learning_rate=1e-2)
+    lent = core.fit(base, ner_spec, ner_train, method=m, config=config)
+
+    cfg = replace(resolve_config(config, m, len(ner_train)), bf16=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        copied = _train(_Run(base, ner_spec, ner_train, cfg, m, core.Callbacks(), lambda: False), None)
+
+    assert lent.model is not base.model
+    assert _fresh_fingerprint(base) == before  # every moved entry got its base value back
+    assert not base.model.training
+    assert all(p.requires_grad and p.grad is None for p in base.model.parameters())
+    moved = 0
+    for (n, a), (_, b) in zip(lent.model.named_parameters(), copied.model.named_parameters(), strict=True):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().view(torch.int32)), n
+        moved += int((a.detach() != base.model.get_parameter(n).detach()).sum())
+    assert moved > 0
+
+    def refreshes(r: core.training.FitResult) -> list[tuple[Any, ...]]:
+        events = [h for h in r.history if h["event"] == "mask_refresh"]
+        return [(h["step"], h["example_ids"], h["overlap"]) for h in events]
+
+    assert len(refreshes(lent)) == 3 and refreshes(lent) == refreshes(copied)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "failed"])
+def test_a_sparse_fit_that_stops_early_gives_the_base_back(
+    tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]], how: str
+) -> None:
+    before = _fresh_fingerprint(tiny_causal)
+    steps: list[int] = []
+
+    class Boom(core.Callbacks):
+        def on_step(self, info: core.StepInfo) -> None:
+            steps.append(info.step)
+            if how == "failed" and info.step == 3:
+                raise RuntimeError("a callback failed")
+
+    with pytest.raises(core.FitCancelled if how == "cancelled" else RuntimeError):
+        core.fit(
+            tiny_causal,
+            ner_spec,
+            ner_train,
+            method=MethodConfig(type="fish_dip", sparsity=0.01, refresh_every=2),
+            config=TrainConfig(optimizer="adamw", batch_size=2, max_steps=20, learning_rate=1e-2),
+            callbacks=Boom(),
+            should_stop=lambda: len(steps) >= 3,
+        )
+    assert steps == [1, 2, 3]  # past a mask refresh, with moved weights
+    assert _fresh_fingerprint(tiny_causal) == before
+    assert not tiny_causal.model.training
