@@ -305,7 +305,9 @@ def fit(
     callbacks: Callbacks | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Fine-tune a copy of ``base`` on validated examples (``task.validate(...).examples``).
+    """Fine-tune ``base`` on validated examples (``task.validate(...).examples``) into a new
+    model (``FitResult.model``); the base is left as it was. Sparse methods train the base's
+    own tensors meanwhile and hold ``base.weights_lock`` (see the module's notes).
 
     Deterministic for a seed on a given device. Raises :class:`FitCancelled` within one step
     of ``should_stop()`` returning True.
