@@ -460,13 +460,16 @@ def pick_lr(study: Study, dataset: str, arm: str) -> tuple[float | None, list[di
 
 
 def main_keys(study: Study, dataset: str) -> list[RunKey]:
-    keys: list[RunKey] = []
-    for arm in study.arms:
-        lr, _ = pick_lr(study, dataset, arm)
-        if lr is None:
-            continue
-        keys += [RunKey("main", dataset, s, seed, arm, lr) for s in study.subsets() for seed in study.seeds]
-    return keys
+    """Main runs in the order (subset, seed, arm), subsets as given: every arm of a
+    seed before the next seed, so that a study stopped part-way leaves complete pairs."""
+    picked = {arm: pick_lr(study, dataset, arm)[0] for arm in study.arms}
+    return [
+        RunKey("main", dataset, s, seed, arm, lr)
+        for s in study.subsets()
+        for seed in study.seeds
+        for arm, lr in picked.items()
+        if lr is not None
+    ]
 
 
 @dataclass

@@ -119,3 +119,20 @@ def test_lr_pick_waits_for_the_whole_grid_and_breaks_ties(tmp_path: Path) -> Non
     assert lr == 3e-3 and len(points) == 3  # relation F1 tied at 0: entity F1, then the smaller lr
     assert {k.subset for k in Q.main_keys(study, "conll04")} == {"f0.01", "f0.05"}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_main_runs_pair_every_arm_of_a_seed_before_the_next_seed(tmp_path: Path) -> None:
+    grid = ["--sparse-lrs", "1e-3", "--full-lrs", "1e-4", "--results-dir", str(tmp_path)]
+    args = Q.parser().parse_args(
+        ["run", "--base", "tiny-t5", "--datasets", "conll04", "--arms", "fish,full", "--seeds", "1,2", *grid]
+    )
+    study = Q.study_from_args(args, [])
+    _sweep_file(study, "fish", 1e-3, 0.1, 0.2)
+    _sweep_file(study, "full", 1e-4, 0.1, 0.2)
+    order = [(k.subset, k.seed, k.arm, k.lr) for k in Q.main_keys(study, "conll04")]
+    assert order == [
+        (s, seed, arm, lr)
+        for s in ("f0.01", "f0.05")
+        for seed in (1, 2)
+        for arm, lr in (("fish", 1e-3), ("full", 1e-4))
+    ]
