@@ -56,6 +56,7 @@ def test_run_writes_one_file_per_run(tiny_study: Path) -> None:
     ]
     result: dict[str, Any] = json.loads((tiny_study / "res" / files[0]).read_text())
     assert result["status"] == "done" and result["steps_run"] == 1 and result["n_train"] == 2
+    assert result["config"]["early_stop_patience"] == Q.NO_EARLY_STOP  # a fixed budget for every arm
     assert result["dev_curve"] and result["dev_curve"][-1]["step"] == 1
     assert set(result["test"]) == {"score", "entity_f1"}
     assert result["mask_refreshes"][0]["step"] == 0 and result["mask_refreshes"][0]["touched"] > 0
