@@ -17,7 +17,6 @@ values back, so switching models costs O(changed parameters), not a checkpoint l
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -274,8 +273,7 @@ def _base_values(model: nn.Module, delta: SparseDelta) -> dict[str, torch.Tensor
 def apply_delta(base: LoadedBase, delta: SparseDelta) -> LoadedBase:
     """A fresh fine-tuned copy of the base (the base itself is not modified)."""
     check_base(base, delta)
-    with base.weights_lock:
-        model = copy.deepcopy(base.model)
+    model = base.model_copy()
     _write(model, delta)
     model.eval()
     return base.bind(model)
@@ -295,8 +293,7 @@ class SharedBase:
 
     def __init__(self, base: LoadedBase) -> None:
         self.base = base
-        with base.weights_lock:
-            self.model = copy.deepcopy(base.model).eval()
+        self.model = base.model_copy().eval()
         self.view = base.bind(self.model)
         self._lock = threading.Lock()
         self._active: SparseDelta | None = None

@@ -97,8 +97,8 @@ class LoadedBase:
         # rows at a time instead of as a dense .grad. See batch_loss.
         self.head_grad_sink: head_loss.WeightGradSink | None = None
         # Held while a sparse fit trains on these very tensors (core.training lends them) and
-        # by every reader that needs the base's own values: apply_delta, SharedBase,
-        # save_delta. Views from bind() share it.
+        # by every reader that needs the base's own values: model_copy (fits, apply_delta,
+        # SharedBase) and save_delta. Views from bind() share it.
         self.weights_lock = threading.RLock()
 
     def bind(self, model: nn.Module) -> LoadedBase:
@@ -107,6 +107,11 @@ class LoadedBase:
         view = copy.copy(self)
         view.model = model
         return view
+
+    def model_copy(self) -> nn.Module:
+        """A copy of the weights, taken under ``weights_lock``: never a sparse fit's values."""
+        with self.weights_lock:
+            return copy.deepcopy(self.model)
 
     # ------------------------------------------------------------------ identity
     @property

@@ -21,13 +21,13 @@ Decisions on the pitfalls FISHDIP.md lists:
   whether it finishes, fails or is cancelled; the fine-tuned model is then a copy taken at
   the end, when training's activations and optimizer state are gone. ``full`` changes every
   entry, so it trains a copy. While a sparse fit runs, the base's ``weights_lock`` is held:
-  core's readers of the base's values (apply_delta, SharedBase, save_delta) and other fits on
-  the same base wait for it; do not predict with the bare base from another thread meanwhile.
+  core's readers of the base's values (``LoadedBase.model_copy``, which every fit, apply_delta
+  and SharedBase copy through, and save_delta) wait for it; do not predict with the bare base
+  from another thread meanwhile.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -135,7 +135,7 @@ class _Run:
         )
         # Lent: the base's own tensors, each entry's base value kept before it first moves.
         self.lent = lent
-        self.model = base.model if lent is not None else copy.deepcopy(base.model)
+        self.model = base.model if lent is not None else base.model_copy()
         self.run = base.bind(self.model)
         self.sources = [self.task.source(ex, spec) for ex in train]
         self.targets = [self.task.target(ex, spec) for ex in train]
@@ -386,7 +386,7 @@ def _fit(
             result = _train(_Run(base, spec, train, cfg, method, cb, should_stop, lent), validation)
             # The fine-tuned weights as a model of their own, copied now that training's
             # activations and optimizer state are gone; then the base gets its values back.
-            result.model = copy.deepcopy(base.model)
+            result.model = base.model_copy()
         finally:
             lent.restore()
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -297,6 +298,26 @@ def test_a_sparse_fit_on_the_lent_base_equals_one_on_a_copy_and_gives_the_base_b
     assert len(refreshes(lent)) == 3 and refreshes(lent) == refreshes(copied)
 
 
+def _sparse_fit(
+    base: core.LoadedBase,
+    spec: core.TaskSpec,
+    train: list[dict[str, Any]],
+    steps: int,
+    callbacks: core.Callbacks,
+    should_stop: Any = None,
+) -> core.training.FitResult:
+    """fish_dip with AdamW, a refresh every 2 steps."""
+    return core.fit(
+        base,
+        spec,
+        train,
+        method=MethodConfig(type="fish_dip", sparsity=0.01, refresh_every=2),
+        config=TrainConfig(optimizer="adamw", batch_size=2, max_steps=steps, learning_rate=1e-2),
+        callbacks=callbacks,
+        should_stop=should_stop,
+    )
+
+
 @pytest.mark.parametrize("how", ["cancelled", "failed"])
 def test_a_sparse_fit_that_stops_early_gives_the_base_back(
     tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]], how: str
@@ -311,15 +332,29 @@ def test_a_sparse_fit_that_stops_early_gives_the_base_back(
                 raise RuntimeError("a callback failed")
 
     with pytest.raises(core.FitCancelled if how == "cancelled" else RuntimeError):
-        core.fit(
-            tiny_causal,
-            ner_spec,
-            ner_train,
-            method=MethodConfig(type="fish_dip", sparsity=0.01, refresh_every=2),
-            config=TrainConfig(optimizer="adamw", batch_size=2, max_steps=20, learning_rate=1e-2),
-            callbacks=Boom(),
-            should_stop=lambda: len(steps) >= 3,
-        )
+        _sparse_fit(tiny_causal, ner_spec, ner_train, 20, Boom(), should_stop=lambda: len(steps) >= 3)
     assert steps == [1, 2, 3]  # past a mask refresh, with moved weights
     assert _fresh_fingerprint(tiny_causal) == before
     assert not tiny_causal.model.training
+
+
+def test_a_copy_of_the_base_waits_for_a_sparse_fit_on_it(
+    tiny_causal: core.LoadedBase, ner_spec: core.TaskSpec, ner_train: list[dict[str, Any]]
+) -> None:
+    """What a full fit, apply_delta or SharedBase copies from another thread is the base's
+    own weights, never the values a sparse fit has moved them to."""
+    before = _fresh_fingerprint(tiny_causal)
+    copies: list[torch.nn.Module] = []
+    taker = threading.Thread(target=lambda: copies.append(tiny_causal.model_copy()))
+
+    class Midway(core.Callbacks):
+        def on_step(self, info: core.StepInfo) -> None:
+            if info.step == 2:  # masked entries have moved
+                taker.start()
+                taker.join(timeout=0.5)
+                assert not copies  # still waiting for the fit
+
+    _sparse_fit(tiny_causal, ner_spec, ner_train, 4, Midway())
+    taker.join(timeout=60)
+    assert len(copies) == 1
+    assert _fresh_fingerprint(tiny_causal.bind(copies[0])) == before
