@@ -323,17 +323,17 @@ def execute(key: RunKey, study: Study, data: Data, base: core.LoadedBase) -> dic
     name = key.filename().removesuffix(".json")
     log.info("%s: start (%d training sentences, %d steps)", name, len(train), steps)
     rec = Recorder(name, steps)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = core.fit(
         base, data.spec, train, validation_examples=data.dev, method=method, config=cfg, callbacks=rec
     )
-    fit_s = time.perf_counter() - t0
+    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     test: dict[str, Any] | None = None
-    test_s = 0.0
+    test_s = test_cpu_s = 0.0
     if key.phase == "main":
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         test = score_test(base, result, data, study.eval_batch_size)
-        test_s = time.perf_counter() - t1
+        test_s, test_cpu_s = time.perf_counter() - t1, time.process_time() - c1
         log.info("%s: test %s (%.0f s)", name, _fmt_scores(summarize(test)), test_s)
     out = {
         "format": FORMAT,
@@ -363,6 +363,10 @@ def execute(key: RunKey, study: Study, data: Data, base: core.LoadedBase) -> dic
             "train_s": round(sum(rec.step_s), 3),
             "step_s_median": round(statistics.median(rec.step_s), 4) if rec.step_s else None,
             "test_eval_s": round(test_s, 3),
+            # CPU seconds of this process, all threads: unlike wall time, not inflated by other
+            # work on the machine or by a pause (SIGSTOP) of the study.
+            "fit_cpu_s": round(fit_cpu_s, 3),
+            "test_eval_cpu_s": round(test_cpu_s, 3),
         },
         "environment": environment(base),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -693,11 +697,13 @@ def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
                 arm,
                 f"{steps:.0f}",
                 s(cell.timing("fit_s")),
+                s(cell.timing("fit_cpu_s")),
                 s(cell.timing("train_s")),
                 s(cell.timing("step_s_median"), 3),
                 s(cell.timing("mask_refresh_s"), 1),
                 s(cell.timing("dev_eval_s")),
                 s(cell.timing("test_eval_s")),
+                s(cell.timing("test_eval_cpu_s")),
             ]
         )
     header = [
@@ -706,17 +712,22 @@ def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
         "arm",
         "steps",
         "fit s",
+        "fit CPU s",
         "train steps s",
         "s/step (median)",
         "mask refresh s",
         "dev eval s",
         "test eval s",
+        "test eval CPU s",
     ]
     lines = [
         "## Wall time per arm",
         "",
         "Means over finished seeds. `fit s` is the whole core.fit call "
-        "(training steps, mask refreshes, dev evaluations, set-up).",
+        "(training steps, mask refreshes, dev evaluations, set-up). The `CPU s` columns are the "
+        "process's CPU seconds over all its threads: wall time grows when other work shares the "
+        "machine or the study is paused, CPU time much less. Runs written before CPU time was "
+        "recorded count as n/a.",
         "",
     ]
     return lines + (table(header, rows) if rows else ["No finished runs."]) + [""]
