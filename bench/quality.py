@@ -380,17 +380,40 @@ def environment(base: core.LoadedBase) -> dict[str, Any]:
     import torch
 
     dev = base.device
-    name = (
-        torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
-    )
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     return {
         "device": str(dev),
         "device_name": name,
+        # Kernels, and so the rounding of every step, depend on the CPU's vector units: a run
+        # repeated on another CPU model need not give the same numbers.
+        "cpu_isa": cpu_isa(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "core": core.__version__,
         "python": platform.python_version(),
     }
+
+
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+    """torch's CPU capability (the widest vector unit its kernels use) and the bf16/AMX flags."""
+    import torch
+
+    flags = set(_cpuinfo().get("flags", "").split())
+    extra = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    return " ".join([torch.backends.cpu.get_cpu_capability(), *extra])
 
 
 # --------------------------------------------------------------------------- result files
@@ -897,7 +920,8 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
     )
     envs = sorted(
         {
-            f"{r['environment']['device']} ({r['environment']['device_name']})"
+            f"{r['environment']['device']} ({r['environment']['device_name']}"
+            + (f", {r['environment']['cpu_isa']})" if "cpu_isa" in r["environment"] else ")")
             for c in cells.values()
             for r in c.runs.values()
         }

@@ -60,7 +60,8 @@ def test_run_writes_one_file_per_run(tiny_study: Path) -> None:
     assert result["dev_curve"] and result["dev_curve"][-1]["step"] == 1
     assert set(result["test"]) == {"score", "entity_f1"}
     timing = result["timing"]
-    assert 0 < timing["fit_cpu_s"] and 0 < timing["test_eval_cpu_s"]  # CPU seconds beside wall seconds
+    assert timing["fit_cpu_s"] > 0 and timing["test_eval_cpu_s"] > 0  # CPU seconds beside wall seconds
+    assert result["environment"]["device_name"] and result["environment"]["cpu_isa"]
     assert result["mask_refreshes"][0]["step"] == 0 and result["mask_refreshes"][0]["touched"] > 0
     full: dict[str, Any] = json.loads((tiny_study / "res" / files[1]).read_text())
     assert full["train_ids"] == result["train_ids"]  # every arm of a seed trains on the same sentences
