@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -260,12 +259,21 @@ def _fresh_fingerprint(base: core.LoadedBase) -> str:
     return fingerprint_module(base.model)
 
 
-@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
-@pytest.mark.parametrize("which", ["tiny_t5", "tiny_causal"])
+@pytest.mark.parametrize(
+    ("which", "optimizer", "bf16"),
+    [
+        ("tiny_t5", "adafactor", False),
+        ("tiny_t5", "adamw", False),
+        ("tiny_causal", "adafactor", False),
+        ("tiny_causal", "adamw", False),
+        ("tiny_causal", "adamw", True),  # the quality study's setting on gemma: AdamW under bf16 autocast
+    ],
+)
 def test_a_sparse_fit_on_the_lent_base_equals_one_on_a_copy_and_gives_the_base_back(
     request: pytest.FixtureRequest,
     which: str,
     optimizer: str,
+    bf16: bool,
     ner_spec: core.TaskSpec,
     ner_train: list[dict[str, Any]],
 ) -> None:
@@ -273,10 +281,13 @@ def test_a_sparse_fit_on_the_lent_base_equals_one_on_a_copy_and_gives_the_base_b
     before = _fresh_fingerprint(base)
     assert before == base.fingerprint
     m = MethodConfig(type="fish_dip", sparsity=0.01, refresh_every=2)
-    config = TrainConfig(optimizer=optimizer, batch_size=2, max_steps=5, seed=7, learning_rate=1e-2)
+    config = TrainConfig(
+        optimizer=optimizer, batch_size=2, max_steps=5, seed=7, learning_rate=1e-2, bf16=bf16
+    )
     lent = core.fit(base, ner_spec, ner_train, method=m, config=config)
+    assert lent.config.bf16 is bf16
 
-    cfg = replace(resolve_config(config, m, len(ner_train)), bf16=False)
+    cfg = resolve_config(config, m, len(ner_train))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         copied = _train(_Run(base, ner_spec, ner_train, cfg, m, core.Callbacks(), lambda: False), None)
