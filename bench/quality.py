@@ -387,6 +387,7 @@ def environment(base: core.LoadedBase) -> dict[str, Any]:
         # Kernels, and so the rounding of every step, depend on the CPU's vector units: a run
         # repeated on another CPU model need not give the same numbers.
         "cpu_isa": cpu_isa(),
+        "base_fingerprint": base.fingerprint,  # sha256 of the base's weights, as loaded
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "core": core.__version__,

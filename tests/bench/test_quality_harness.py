@@ -61,7 +61,8 @@ def test_run_writes_one_file_per_run(tiny_study: Path) -> None:
     assert set(result["test"]) == {"score", "entity_f1"}
     timing = result["timing"]
     assert timing["fit_cpu_s"] > 0 and timing["test_eval_cpu_s"] > 0  # CPU seconds beside wall seconds
-    assert result["environment"]["device_name"] and result["environment"]["cpu_isa"]
+    env = result["environment"]
+    assert env["device_name"] and env["cpu_isa"] and len(env["base_fingerprint"]) == 64
     assert result["mask_refreshes"][0]["step"] == 0 and result["mask_refreshes"][0]["touched"] > 0
     full: dict[str, Any] = json.loads((tiny_study / "res" / files[1]).read_text())
     assert full["train_ids"] == result["train_ids"]  # every arm of a seed trains on the same sentences
