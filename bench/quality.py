@@ -624,27 +624,21 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def scores_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
     rows = []
     for (dataset, subset, arm), cell in cells.items():
-        metrics = DATASETS[dataset].metrics
-        scores = [f"{title}: {mean_std(cell.values(m), len(study.seeds))}" for m, title in metrics]
         lr = "sweep incomplete" if cell.lr is None else f"{cell.lr:g}"
-        rows.append(
-            [
-                dataset,
-                subset_label(subset),
-                arm,
-                lr,
-                "; ".join(scores),
-                f"{len(cell.runs)}/{len(study.seeds)}",
-            ]
-        )
+        for metric, title in DATASETS[dataset].metrics:
+            tests = [(cell.runs.get(seed) or {}).get("test") for seed in study.seeds]
+            per_seed = ["n/a" if t is None else _pct(float(t[metric])) for t in tests]
+            mean = mean_std(cell.values(metric), len(study.seeds))
+            rows.append([dataset, subset_label(subset), arm, lr, title, *per_seed, mean])
     lines = [
         "## Test scores",
         "",
-        f"Mean ± standard deviation over seeds, in % (test split: "
+        f"Per seed, and mean ± standard deviation over seeds, in % (test split: "
         f"{'full' if study.test_size is None else f'{study.test_size} sentences'}).",
         "",
     ]
-    return lines + table(["dataset", "train", "arm", "lr", "test", "seeds"], rows) + [""]
+    header = ["dataset", "train", "arm", "lr", "metric", *[f"seed {s}" for s in study.seeds], "mean ± sd"]
+    return lines + table(header, rows) + [""]
 
 
 def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:

@@ -86,7 +86,9 @@ def test_rerun_with_other_settings_is_refused(tiny_study: Path) -> None:
 def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     report = (tiny_study / "report.md").read_text()
     assert report.startswith("# Quality study (quick smoke run)") and "Generated file" in report
-    assert "| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1: " in report
+    run = json.loads((tiny_study / "res" / "main__wnut17__n2__seed1__fish_dip__lr0.001.json").read_text())
+    f1 = f"{100 * run['test']['entity_f1']:.1f}"
+    assert f"| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1 | {f1} | {f1} |" in report  # seed 1, mean
     assert "## Paired differences against full fine-tuning" in report and "## Mask statistics" in report
     assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
         "quick-dev-wnut17-n2.png",
