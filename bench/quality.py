@@ -1102,7 +1102,8 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         results_dir=results,
         report_path=report,
         img_dir=img,
-        img_prefix="quick-" if args.quick else "",
+        # Named after the report, so that reports sharing a plot folder never overwrite each other's.
+        img_prefix=f"{report.stem}-",
         command="python bench/quality.py " + " ".join(argv),
     )
 

@@ -91,8 +91,8 @@ def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     assert f"| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1 | {f1} | {f1} |" in report  # seed 1, mean
     assert "## Paired differences against full fine-tuning" in report and "## Mask statistics" in report
     assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
-        "quick-dev-wnut17-n2.png",
-        "quick-mask-wnut17-n2.png",
+        "report-dev-wnut17-n2.png",  # named after the report (out/report.md)
+        "report-mask-wnut17-n2.png",
     ]
     assert Q.main(["report", *tiny_args(tiny_study, "--seeds", "1,2")]) == 0
     assert "n/a (1 of 2 seeds)" in (tiny_study / "report.md").read_text()
