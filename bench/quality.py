@@ -15,6 +15,7 @@ on one seed at the smallest subset; the main runs then score the test split. Eve
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -395,7 +396,9 @@ def environment(base: core.LoadedBase) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (read once a process)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -625,8 +628,8 @@ def scores_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
     rows = []
     for (dataset, subset, arm), cell in cells.items():
         lr = "sweep incomplete" if cell.lr is None else f"{cell.lr:g}"
+        tests = [(cell.runs.get(seed) or {}).get("test") for seed in study.seeds]
         for metric, title in DATASETS[dataset].metrics:
-            tests = [(cell.runs.get(seed) or {}).get("test") for seed in study.seeds]
             per_seed = ["n/a" if t is None else _pct(float(t[metric])) for t in tests]
             mean = mean_std(cell.values(metric), len(study.seeds))
             rows.append([dataset, subset_label(subset), arm, lr, title, *per_seed, mean])
@@ -915,10 +918,9 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
     )
     envs = sorted(
         {
-            f"{r['environment']['device']} ({r['environment']['device_name']}"
-            + (f", {r['environment']['cpu_isa']})" if "cpu_isa" in r["environment"] else ")")
+            f"{env['device']} ({', '.join(filter(None, [env['device_name'], env.get('cpu_isa')]))})"
             for c in cells.values()
-            for r in c.runs.values()
+            for env in (r["environment"] for r in c.runs.values())
         }
     )
     return [
