@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import core  # noqa: E402
 from core.data import conll04_labels, read_conll, read_conll04, wnut17_labels  # noqa: E402
-from core.extract import predict  # noqa: E402
+from core.extraction import predict  # noqa: E402
 
 log = logging.getLogger("quality")
 

@@ -152,7 +152,7 @@ class LoadedBase:
         """Pad a batch for teacher forcing. Padding is IGNORE in the labels, so it never
         counts in the loss or in the per-example ranking (a pitfall of the public code)."""
         # No truncation: a cut target would teach the model a wrong output. Extraction splits
-        # long texts into windows instead (core.extract), and the service limits text length.
+        # long texts into windows instead (core.extraction), and the service limits text length.
         src = [self.source_ids(s) for s in sources]
         tgt = [self.target_ids(t) for t in targets]
         if self.family == "seq2seq":

@@ -40,7 +40,7 @@ from torch import nn
 from . import masks as M
 from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
 from .errors import ConfigError, FitCancelled
-from .extract import predict
+from .extraction import predict
 from .head_loss import WeightGradSink
 from .memory import release_free_memory
 from .models import LoadedBase

@@ -111,7 +111,7 @@ def test_cancellation_is_honoured_within_one_step(
 
 
 def test_long_text_is_windowed_not_truncated(tiny_t5: core.LoadedBase, ner_spec: core.TaskSpec) -> None:
-    from core.extract import windows
+    from core.extraction import windows
 
     text = " ".join(f"word{i}" for i in range(400))
     ws = windows(tiny_t5, text)

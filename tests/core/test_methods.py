@@ -302,7 +302,7 @@ def test_a_sparse_fit_on_the_lent_base_equals_one_on_a_copy_and_gives_the_base_b
         moved += int((a.detach() != base.model.get_parameter(n).detach()).sum())
     assert moved > 0
 
-    def refreshes(r: core.training.FitResult) -> list[tuple[Any, ...]]:
+    def refreshes(r: core.FitResult) -> list[tuple[Any, ...]]:
         events = [h for h in r.history if h["event"] == "mask_refresh"]
         return [(h["step"], h["example_ids"], h["overlap"]) for h in events]
 
@@ -316,7 +316,7 @@ def _sparse_fit(
     steps: int,
     callbacks: core.Callbacks,
     should_stop: Any = None,
-) -> core.training.FitResult:
+) -> core.FitResult:
     """fish_dip with AdamW, a refresh every 2 steps."""
     return core.fit(
         base,
