@@ -25,6 +25,7 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -392,8 +393,28 @@ def environment(base: core.LoadedBase) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "core": core.__version__,
+        "code": code_version(),
         "python": platform.python_version(),
     }
+
+
+@functools.cache
+def code_version() -> str | None:
+    """The git commit of this checkout, with ``+dirty`` where the training code or this harness
+    differ from it; None outside a git checkout. Cached on the first call, which ``run_study``
+    makes before any run: the code a long study runs is the code it imported at its start, not
+    what the checkout holds hours later."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        head = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", "core", "bench/quality.py").strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 @functools.cache
@@ -532,6 +553,7 @@ def run_keys(
 def run_study(study: Study) -> Tally:
     """Run every missing result of the study: per dataset the sweep first, then the main runs."""
     tally = Tally()
+    code_version()  # fixed now, see its docstring
     loaded: list[core.LoadedBase] = []
 
     def base_of() -> core.LoadedBase:  # load lazily: a rerun with nothing to do stays fast
@@ -923,6 +945,12 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
             for env in (r["environment"] for r in c.runs.values())
         }
     )
+    codes: dict[str, int] = {}
+    for c in cells.values():
+        for r in c.runs.values():
+            code = r["environment"].get("code")  # 40 hex digits, maybe "+dirty"; absent in early runs
+            label = "not recorded" if code is None else code[:12] + code[40:]
+            codes[label] = codes.get(label, 0) + 1
     return [
         f"- base: `{study.base}`; arms: {', '.join(study.arms)}; seeds: {', '.join(map(str, study.seeds))} "
         "(the seed draws the training subset)",
@@ -933,6 +961,8 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
         f"- training sentences: {'; '.join(train) or 'n/a'}",
         f"- dev curve: fixed dev subset of {study.dev_size} sentences",
         f"- devices: {', '.join(envs) or 'n/a'}",
+        "- code (git commit of the runs): "
+        + ("; ".join(f"{label} ({n} runs)" for label, n in sorted(codes.items())) or "n/a"),
     ]
 
 

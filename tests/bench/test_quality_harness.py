@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -63,6 +64,7 @@ def test_run_writes_one_file_per_run(tiny_study: Path) -> None:
     assert timing["fit_cpu_s"] > 0 and timing["test_eval_cpu_s"] > 0  # CPU seconds beside wall seconds
     env = result["environment"]
     assert env["device_name"] and env["cpu_isa"] and len(env["base_fingerprint"]) == 64
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["code"])  # the commit the run's code came from
     assert result["mask_refreshes"][0]["step"] == 0 and result["mask_refreshes"][0]["touched"] > 0
     full: dict[str, Any] = json.loads((tiny_study / "res" / files[1]).read_text())
     assert full["train_ids"] == result["train_ids"]  # every arm of a seed trains on the same sentences
@@ -90,6 +92,8 @@ def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     f1 = f"{100 * run['test']['entity_f1']:.1f}"
     assert f"| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1 | {f1} | {f1} |" in report  # seed 1, mean
     assert "## Paired differences against full fine-tuning" in report and "## Mask statistics" in report
+    code = run["environment"]["code"]
+    assert f"- code (git commit of the runs): {code[:12]}{code[40:]} (2 runs)" in report
     assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
         "report-dev-wnut17-n2.png",  # named after the report (out/report.md)
         "report-mask-wnut17-n2.png",
