@@ -682,15 +682,19 @@ def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
                     diffs.append(f"{100 * values[-1]:+.1f}")
                 else:
                     diffs.append("n/a")
-            mean = (
-                f"{100 * statistics.fmean(values):+.1f}"
-                if len(values) == len(study.seeds)
-                else f"n/a ({len(values)} of {len(study.seeds)} seeds)"
-            )
-            rows.append([dataset, subset_label(subset), arm, title, *diffs, mean])
+            complete = len(values) == len(study.seeds)
+            if complete and len(values) > 1:
+                mean = f"{100 * statistics.fmean(values):+.1f} ± {100 * statistics.stdev(values):.1f}"
+            elif complete:
+                mean = f"{100 * values[0]:+.1f}"
+            else:
+                mean = f"n/a ({len(values)} of {len(study.seeds)} seeds)"
+            ahead = f"{sum(v > 0 for v in values)} of {len(values)}" if complete else "n/a"
+            rows.append([dataset, subset_label(subset), arm, title, *diffs, mean, ahead])
     if not rows:
         return []
-    header = ["dataset", "train", "arm", "metric", *[f"seed {s}" for s in study.seeds], "mean"]
+    seeds = [f"seed {s}" for s in study.seeds]
+    header = ["dataset", "train", "arm", "metric", *seeds, "mean ± sd", "arm ahead on (seeds)"]
     lines = [
         "## Paired differences against full fine-tuning",
         "",

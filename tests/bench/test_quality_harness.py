@@ -92,6 +92,11 @@ def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     f1 = f"{100 * run['test']['entity_f1']:.1f}"
     assert f"| wnut17 | 2 sent. | fish_dip | 0.001 | entity F1 | {f1} | {f1} |" in report  # seed 1, mean
     assert "## Paired differences against full fine-tuning" in report and "## Mask statistics" in report
+    full = json.loads((tiny_study / "res" / "main__wnut17__n2__seed1__full__lr0.0001.json").read_text())
+    diff = f"{100 * (run['test']['entity_f1'] - full['test']['entity_f1']):+.1f}"
+    ahead = int(run["test"]["entity_f1"] > full["test"]["entity_f1"])
+    paired = f"| wnut17 | 2 sent. | fish_dip | entity F1 | {diff} | {diff} | {ahead} of 1 |"  # 1 seed, no sd
+    assert paired in report
     code = run["environment"]["code"]
     assert f"- code (git commit of the runs): {code[:12]}{code[40:]} (2 runs)" in report
     assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
