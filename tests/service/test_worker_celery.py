@@ -257,6 +257,10 @@ def test_whole_path_embedded_serve(tmp_path: Path) -> None:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A terminal's Ctrl-C is what the test plays. A test run started in the background by a
+        # shell (``make test &``) inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt; give the child the default disposition a terminal would.
+        preexec_fn=_default_sigint,
     )
     try:
         client = httpx.Client(
@@ -305,6 +309,10 @@ def test_whole_path_embedded_serve(tmp_path: Path) -> None:
             if serve.poll() is None:
                 os.killpg(serve.pid, signal.SIGKILL)
     assert _children_gone(serve.pid)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _healthy(client: httpx.Client) -> bool:
