@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -595,12 +596,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def mean_std(values: Sequence[float], expected: int) -> str:
+def mean_std(values: Sequence[float], expected: int, signed: bool = False) -> str:
+    """Mean ± sd over seeds in %, or n/a until every expected seed is there; ``signed`` for
+    differences (+1.2)."""
     if len(values) < expected or not values:
         return f"n/a ({len(values)} of {expected} seeds)"
-    if len(values) == 1:
-        return _pct(values[0])
-    return f"{_pct(statistics.fmean(values))} ± {_pct(statistics.stdev(values))}"
+    mean = f"{100 * statistics.fmean(values):{'+' if signed else ''}.1f}"
+    return mean if len(values) == 1 else f"{mean} ± {_pct(statistics.stdev(values))}"
 
 
 @dataclass
@@ -682,13 +684,8 @@ def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
                     diffs.append(f"{100 * values[-1]:+.1f}")
                 else:
                     diffs.append("n/a")
+            mean = mean_std(values, len(study.seeds), signed=True)
             complete = len(values) == len(study.seeds)
-            if complete and len(values) > 1:
-                mean = f"{100 * statistics.fmean(values):+.1f} ± {100 * statistics.stdev(values):.1f}"
-            elif complete:
-                mean = f"{100 * values[0]:+.1f}"
-            else:
-                mean = f"n/a ({len(values)} of {len(study.seeds)} seeds)"
             ahead = f"{sum(v > 0 for v in values)} of {len(values)}" if complete else "n/a"
             rows.append([dataset, subset_label(subset), arm, title, *diffs, mean, ahead])
     if not rows:
@@ -949,12 +946,12 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
             for env in (r["environment"] for r in c.runs.values())
         }
     )
-    codes: dict[str, int] = {}
-    for c in cells.values():
-        for r in c.runs.values():
-            code = r["environment"].get("code")  # 40 hex digits, maybe "+dirty"; absent in early runs
-            label = "not recorded" if code is None else code[:12] + code[40:]
-            codes[label] = codes.get(label, 0) + 1
+    # environment.code: 40 hex digits, maybe "+dirty"; absent in runs made before it was recorded
+    codes = Counter(
+        "not recorded" if code is None else code[:12] + code[40:]
+        for c in cells.values()
+        for code in (r["environment"].get("code") for r in c.runs.values())
+    )
     return [
         f"- base: `{study.base}`; arms: {', '.join(study.arms)}; seeds: {', '.join(map(str, study.seeds))} "
         "(the seed draws the training subset)",
