@@ -24,6 +24,7 @@ def test_torch_free_submodules_do_not_import_torch() -> None:
 def test_every_public_name_resolves() -> None:
     missing = [name for name in core.__all__ if getattr(core, name, None) is None]
     assert missing == []
+    assert set(core.__all__) == set(core._EXPORTS) | {"extract_with"}  # the lazy table lists them all
     assert set(dir(core)) >= set(core.__all__)
 
 
