@@ -7,9 +7,11 @@
 
 Every (phase, dataset, subset, seed, arm, lr) run writes one JSON file (atomically) under the
 results folder; a rerun skips finished files, so the study can be spread over several sittings.
-The learning rate of each (dataset, arm) is picked on the DEV subset (never test) from a sweep
-on one seed at the smallest subset; the main runs then score the test split. Every arm of a
-(dataset, subset, seed) gets the same training sentences, steps, batch size and evaluation.
+The learning rate of each (dataset, subset, arm) is picked on the DEV subset (never test) from
+a sweep on one seed, at the sweep subset nearest to the main subset (--sweep-fractions: by
+default one sweep at 1% sets the rate of every fraction); the main runs then score the test
+split. Every arm of a (dataset, subset, seed) gets the same training sentences, steps, batch size
+and evaluation.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Study:
     sparse_lrs: tuple[float, ...]
     full_lrs: tuple[float, ...]
     sweep: bool
-    sweep_fraction: float
+    sweep_fractions: tuple[float, ...]
     sweep_seed: int
     device: str
     quick: bool
@@ -95,8 +97,19 @@ class Study:
             return [f"n{self.train_size}"]
         return [f"f{x:g}" for x in self.fractions]
 
-    def sweep_subset(self) -> str:
-        return f"n{self.train_size}" if self.train_size is not None else f"f{self.sweep_fraction:g}"
+    def sweep_subsets(self) -> list[str]:
+        if self.train_size is not None:
+            return [f"n{self.train_size}"]
+        return [f"f{x:g}" for x in sorted(self.sweep_fractions)]
+
+    def sweep_subset(self, subset: str) -> str:
+        """The sweep subset whose picked rates the main runs on ``subset`` use: the nearest
+        fraction on a log scale (a tie goes to the smaller)."""
+        if self.train_size is not None:
+            return f"n{self.train_size}"
+        x = float(subset[1:])
+        nearest = min(sorted(self.sweep_fractions), key=lambda f: abs(math.log(f / x)))
+        return f"f{nearest:g}"
 
     def grid(self, arm: str) -> tuple[float, ...]:
         return self.full_lrs if arm == "full" else self.sparse_lrs
@@ -486,30 +499,47 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
 
 
 def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
+    """Every sweep point, the sweep subsets in the order of the main subsets that use them."""
     if not study.sweep:
         return []
-    subset = study.sweep_subset()
+    subsets = dict.fromkeys(study.sweep_subset(s) for s in study.subsets())
     return [
         RunKey("sweep", dataset, subset, study.sweep_seed, arm, lr)
+        for subset in subsets
         for arm in study.arms
         for lr in study.grid(arm)
     ]
 
 
-def pick_lr(study: Study, dataset: str, arm: str) -> tuple[float | None, list[dict[str, Any]]]:
-    """(best lr by dev score, every finished sweep point); None until the arm's sweep is complete.
+def as_main(key: RunKey) -> RunKey:
+    return RunKey("main", key.dataset, key.subset, key.seed, key.arm, key.lr)
+
+
+def load_sweep_point(study: Study, key: RunKey) -> dict[str, Any] | None:
+    """A sweep point's result: its own file, or else the main run with the same (subset, seed,
+    arm, lr). A main run is the sweep run's computation (the same sentences, steps and dev
+    evaluations) plus a test score, so the sweep reads its dev score instead of training again.
+    The test score is never read here."""
+    return load_result(study, key) or load_result(study, as_main(key))
+
+
+def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | None, list[dict[str, Any]]]:
+    """(best lr by dev score, every finished sweep point) for the main runs on ``subset``; None
+    until the arm's sweep there is complete.
 
     Ties (common at 1% data, where relation F1 is often 0) break on entity F1, then on the
     smaller learning rate."""
     if not study.sweep:
         return auto_lr(arm), []
     points: list[dict[str, Any]] = []
+    sweep_subset = study.sweep_subset(subset)
     for key in sweep_keys(study, dataset):
-        if key.arm != arm:
+        if key.arm != arm or key.subset != sweep_subset:
             continue
-        found = load_result(study, key)
+        found = load_sweep_point(study, key)
         if found is not None and found.get("dev_final"):
-            points.append({"lr": key.lr, **found["dev_final"]})
+            source = "main run" if (found.get("key") or {}).get("phase") == "main" else "sweep"
+            points.append({"lr": key.lr, **found["dev_final"], "source": source})
     if len(points) < len(study.grid(arm)):
         return None, points
     best = max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
@@ -519,14 +549,16 @@ def pick_lr(study: Study, dataset: str, arm: str) -> tuple[float | None, list[di
 def main_keys(study: Study, dataset: str) -> list[RunKey]:
     """Main runs in the order (subset, seed, arm), subsets as given: every arm of a
     seed before the next seed, so that a study stopped part-way leaves complete pairs."""
-    picked = {arm: pick_lr(study, dataset, arm)[0] for arm in study.arms}
-    return [
-        RunKey("main", dataset, s, seed, arm, lr)
-        for s in study.subsets()
-        for seed in study.seeds
-        for arm, lr in picked.items()
-        if lr is not None
-    ]
+    keys = []
+    for s in study.subsets():
+        picked = {arm: pick_lr(study, dataset, arm, s)[0] for arm in study.arms}
+        keys += [
+            RunKey("main", dataset, s, seed, arm, lr)
+            for seed in study.seeds
+            for arm, lr in picked.items()
+            if lr is not None
+        ]
+    return keys
 
 
 @dataclass
@@ -539,7 +571,7 @@ def run_keys(
     study: Study, keys: Iterable[RunKey], data: Data, base_of: Callable[[], core.LoadedBase], tally: Tally
 ) -> None:
     for key in keys:
-        found = load_result(study, key)
+        found = load_sweep_point(study, key) if key.phase == "sweep" else load_result(study, key)
         if found is not None:
             check_comparable(study, key, found)
             log.info("skip (done): %s", key.filename())
@@ -574,12 +606,13 @@ def run_study(study: Study) -> Tally:
             len(data.test),
         )
         run_keys(study, sweep_keys(study, dataset), data, base_of, tally)
-        for arm in study.arms:
-            lr, points = pick_lr(study, dataset, arm)
-            if study.sweep:
+        for subset in study.subsets() if study.sweep else []:
+            for arm in study.arms:
+                lr, points = pick_lr(study, dataset, arm, subset)
                 log.info(
-                    "%s %s: picked lr %s from %s",
+                    "%s %s %s: picked lr %s from %s",
                     dataset,
+                    subset,
                     arm,
                     lr,
                     {p["lr"]: round(p["score"], 4) for p in points},
@@ -627,8 +660,8 @@ def collect(study: Study) -> dict[tuple[str, str, str], Cell]:
     cells: dict[tuple[str, str, str], Cell] = {}
     for dataset in study.datasets:
         for arm in study.arms:
-            lr, _ = pick_lr(study, dataset, arm)
             for subset in study.subsets():
+                lr, _ = pick_lr(study, dataset, arm, subset)
                 runs: dict[int, dict[str, Any]] = {}
                 for seed in study.seeds:
                     found = (
@@ -706,23 +739,33 @@ def sweep_section(study: Study) -> list[str]:
         lrs = ", ".join(f"{arm} {auto_lr(arm):g}" for arm in study.arms)
         return ["## Learning rates", "", f"No sweep; fixed AdamW rates (core's defaults): {lrs}.", ""]
     rows = []
+    users: dict[str, list[str]] = {}  # sweep subset -> the main subsets whose rates it picks
+    for subset in study.subsets():
+        users.setdefault(study.sweep_subset(subset), []).append(subset)
     for dataset in study.datasets:
-        for arm in study.arms:
-            best, points = pick_lr(study, dataset, arm)
-            by_lr = {p["lr"]: p for p in points}
-            for lr in study.grid(arm):
-                p = by_lr.get(lr)
-                dev = "not run" if p is None else _fmt_scores(p)
-                rows.append([dataset, arm, f"{lr:g}", dev, "yes" if best == lr else ""])
+        for sweep_subset, mains in users.items():
+            for arm in study.arms:
+                best, points = pick_lr(study, dataset, arm, mains[0])
+                by_lr = {p["lr"]: p for p in points}
+                for lr in study.grid(arm):
+                    p = by_lr.get(lr)
+                    dev = "not run" if p is None else _fmt_scores(p)
+                    if p is not None and p["source"] != "sweep":
+                        dev += f" ({p['source']})"
+                    picked = "for " + ", ".join(map(subset_label, mains)) if best == lr else ""
+                    rows.append([dataset, subset_label(sweep_subset), arm, f"{lr:g}", dev, picked])
     lines = [
         "## Learning-rate sweep (dev)",
         "",
-        f"Seed {study.sweep_seed}, training subset {subset_label(study.sweep_subset())}, scored on the "
-        f"fixed dev subset ({study.dev_size} sentences) at the last step; the best dev score "
-        "(CoNLL04: strict relation F1, then entity F1) picks the lr of the main runs.",
+        f"Seed {study.sweep_seed}, scored on the fixed dev subset ({study.dev_size} sentences) at the "
+        "last step; per arm, the best dev score (CoNLL04: strict relation F1, then entity F1) picks "
+        "the lr of the main runs on the training subsets named. Where the main run of the sweep seed "
+        "at a grid rate exists it is the same run plus a test score: the sweep reads its dev score "
+        '(marked "main run") rather than train again.',
         "",
     ]
-    return lines + table(["dataset", "arm", "lr", "dev (%)", "picked"], rows) + [""]
+    header = ["dataset", "train", "arm", "lr", "dev (%)", "picked"]
+    return lines + table(header, rows) + [""]
 
 
 def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
@@ -1085,7 +1128,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-lrs", default="1e-3,3e-3,1e-2", help="lr grid of fish_dip, fish, random")
     p.add_argument("--full-lrs", default="3e-5,1e-4,3e-4", help="lr grid of full")
     p.add_argument("--no-sweep", action="store_true", help="use core's default AdamW lr per arm")
-    p.add_argument("--sweep-fraction", type=float, default=0.01)
+    p.add_argument(
+        "--sweep-fractions",
+        default="0.01",
+        help="training subsets of the lr sweeps; each fraction's main runs use the nearest "
+        "(default 0.01: one sweep sets the rates of every fraction)",
+    )
     p.add_argument("--sweep-seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -1127,7 +1175,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         sparse_lrs=_floats(args.sparse_lrs),
         full_lrs=_floats(args.full_lrs),
         sweep=not (args.no_sweep or args.quick),
-        sweep_fraction=args.sweep_fraction,
+        sweep_fractions=_floats(args.sweep_fractions),
         sweep_seed=args.sweep_seed,
         device=args.device,
         quick=args.quick,

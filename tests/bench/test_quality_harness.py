@@ -114,10 +114,13 @@ def test_subsets_are_drawn_by_the_seed() -> None:
     assert Q.subset_label("f0.01") == "1%" and Q.subset_label("n8") == "8 sent."
 
 
-def _sweep_file(study: Any, arm: str, lr: float, score: float, entity: float) -> None:
-    key = Q.RunKey("sweep", "conll04", study.sweep_subset(), study.sweep_seed, arm, lr)
+def _sweep_file(
+    study: Any, arm: str, lr: float, score: float, entity: float, subset: str = "f0.01", phase: str = "sweep"
+) -> None:
+    key = Q.RunKey(phase, "conll04", subset, study.sweep_seed, arm, lr)
     dev = {"step": 3, "score": score, "entity_f1": entity, "relation_f1": score}
-    Q.write_atomic(study.results_dir / key.filename(), {"status": "done", "dev_final": dev})
+    payload = {"status": "done", "key": {"phase": phase}, "dev_final": dev}
+    Q.write_atomic(study.results_dir / key.filename(), payload)
 
 
 def test_lr_pick_waits_for_the_whole_grid_and_breaks_ties(tmp_path: Path) -> None:
@@ -128,11 +131,12 @@ def test_lr_pick_waits_for_the_whole_grid_and_breaks_ties(tmp_path: Path) -> Non
     study = Q.study_from_args(args, [])
     _sweep_file(study, "fish", 1e-3, 0.0, 0.20)
     _sweep_file(study, "fish", 3e-3, 0.0, 0.30)
-    assert Q.pick_lr(study, "conll04", "fish")[0] is None  # 1e-2 not run yet
+    assert Q.pick_lr(study, "conll04", "fish", "f0.01")[0] is None  # 1e-2 not run yet
     assert Q.main_keys(study, "conll04") == []
     _sweep_file(study, "fish", 1e-2, 0.0, 0.30)
-    lr, points = Q.pick_lr(study, "conll04", "fish")
+    lr, points = Q.pick_lr(study, "conll04", "fish", "f0.01")
     assert lr == 3e-3 and len(points) == 3  # relation F1 tied at 0: entity F1, then the smaller lr
+    assert Q.pick_lr(study, "conll04", "fish", "f0.05")[0] == lr  # one sweep (1%) for every fraction
     assert {k.subset for k in Q.main_keys(study, "conll04")} == {"f0.01", "f0.05"}
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -152,3 +156,44 @@ def test_main_runs_pair_every_arm_of_a_seed_before_the_next_seed(tmp_path: Path)
         for seed in (1, 2)
         for arm, lr in (("fish", 1e-3), ("full", 1e-4))
     ]
+
+
+def test_a_sweep_per_fraction_picks_each_fractions_rate(tmp_path: Path) -> None:
+    grid = ["--sparse-lrs", "1e-3,3e-3", "--sweep-fractions", "0.01,0.05", "--results-dir", str(tmp_path)]
+    args = Q.parser().parse_args(
+        [
+            "run",
+            "--base",
+            "tiny-t5",
+            "--datasets",
+            "conll04",
+            "--arms",
+            "fish",
+            "--fractions",
+            "0.01,0.05,0.2",
+            *grid,
+        ]
+    )
+    study = Q.study_from_args(args, [])
+    assert [study.sweep_subset(s) for s in study.subsets()] == ["f0.01", "f0.05", "f0.05"]  # nearest
+    assert [(k.subset, k.lr) for k in Q.sweep_keys(study, "conll04")] == [
+        ("f0.01", 1e-3), ("f0.01", 3e-3), ("f0.05", 1e-3), ("f0.05", 3e-3),
+    ]  # fmt: skip
+    _sweep_file(study, "fish", 1e-3, 0.5, 0.5)
+    _sweep_file(study, "fish", 3e-3, 0.1, 0.1)
+    _sweep_file(study, "fish", 1e-3, 0.1, 0.1, subset="f0.05")
+    assert Q.pick_lr(study, "conll04", "fish", "f0.01")[0] == 1e-3
+    assert Q.pick_lr(study, "conll04", "fish", "f0.05")[0] is None  # its own sweep is not complete
+    assert {k.subset for k in Q.main_keys(study, "conll04")} == {"f0.01"}
+    # The sweep seed's main run at a grid rate stands in for the sweep run: the same training.
+    _sweep_file(study, "fish", 3e-3, 0.3, 0.3, subset="f0.05", phase="main")
+    lr, points = Q.pick_lr(study, "conll04", "fish", "f0.05")
+    assert lr == 3e-3 and [p["source"] for p in points] == ["sweep", "main run"]
+    assert Q.pick_lr(study, "conll04", "fish", "f0.2")[0] == 3e-3
+    keys = Q.main_keys(study, "conll04")
+    assert {(k.subset, k.lr) for k in keys} == {("f0.01", 1e-3), ("f0.05", 3e-3), ("f0.2", 3e-3)}
+    report = "\n".join(Q.sweep_section(study))
+    assert (
+        "| conll04 | 5% | fish | 0.003 | entity F1 30.0, relation F1 30.0" in report
+        and "(main run) | for 5%, 20% |" in report
+    )
