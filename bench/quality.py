@@ -97,11 +97,6 @@ class Study:
             return [f"n{self.train_size}"]
         return [f"f{x:g}" for x in self.fractions]
 
-    def sweep_subsets(self) -> list[str]:
-        if self.train_size is not None:
-            return [f"n{self.train_size}"]
-        return [f"f{x:g}" for x in sorted(self.sweep_fractions)]
-
     def sweep_subset(self, subset: str) -> str:
         """The sweep subset whose picked rates the main runs on ``subset`` use: the nearest
         fraction on a log scale (a tie goes to the smaller)."""
