@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,13 @@ class Study:
         x = float(subset[1:])
         nearest = min(sorted(self.sweep_fractions), key=lambda f: abs(math.log(f / x)))
         return f"f{nearest:g}"
+
+    def sweep_plan(self) -> dict[str, list[str]]:
+        """Sweep subset -> the main subsets whose rates it picks, in the order of the main subsets."""
+        plan: dict[str, list[str]] = {}
+        for subset in self.subsets():
+            plan.setdefault(self.sweep_subset(subset), []).append(subset)
+        return plan
 
     def grid(self, arm: str) -> tuple[float, ...]:
         return self.full_lrs if arm == "full" else self.sparse_lrs
@@ -497,17 +504,12 @@ def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
     """Every sweep point, the sweep subsets in the order of the main subsets that use them."""
     if not study.sweep:
         return []
-    subsets = dict.fromkeys(study.sweep_subset(s) for s in study.subsets())
     return [
         RunKey("sweep", dataset, subset, study.sweep_seed, arm, lr)
-        for subset in subsets
+        for subset in study.sweep_plan()
         for arm in study.arms
         for lr in study.grid(arm)
     ]
-
-
-def as_main(key: RunKey) -> RunKey:
-    return RunKey("main", key.dataset, key.subset, key.seed, key.arm, key.lr)
 
 
 def load_sweep_point(study: Study, key: RunKey) -> dict[str, Any] | None:
@@ -515,7 +517,7 @@ def load_sweep_point(study: Study, key: RunKey) -> dict[str, Any] | None:
     arm, lr). A main run is the sweep run's computation (the same sentences, steps and dev
     evaluations) plus a test score, so the sweep reads its dev score instead of training again.
     The test score is never read here."""
-    return load_result(study, key) or load_result(study, as_main(key))
+    return load_result(study, key) or load_result(study, replace(key, phase="main"))
 
 
 def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | None, list[dict[str, Any]]]:
@@ -527,14 +529,12 @@ def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | 
     if not study.sweep:
         return auto_lr(arm), []
     points: list[dict[str, Any]] = []
-    sweep_subset = study.sweep_subset(subset)
-    for key in sweep_keys(study, dataset):
-        if key.arm != arm or key.subset != sweep_subset:
-            continue
+    for lr in study.grid(arm):
+        key = RunKey("sweep", dataset, study.sweep_subset(subset), study.sweep_seed, arm, lr)
         found = load_sweep_point(study, key)
         if found is not None and found.get("dev_final"):
             source = "main run" if (found.get("key") or {}).get("phase") == "main" else "sweep"
-            points.append({"lr": key.lr, **found["dev_final"], "source": source})
+            points.append({"lr": lr, **found["dev_final"], "source": source})
     if len(points) < len(study.grid(arm)):
         return None, points
     best = max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
@@ -734,11 +734,8 @@ def sweep_section(study: Study) -> list[str]:
         lrs = ", ".join(f"{arm} {auto_lr(arm):g}" for arm in study.arms)
         return ["## Learning rates", "", f"No sweep; fixed AdamW rates (core's defaults): {lrs}.", ""]
     rows = []
-    users: dict[str, list[str]] = {}  # sweep subset -> the main subsets whose rates it picks
-    for subset in study.subsets():
-        users.setdefault(study.sweep_subset(subset), []).append(subset)
     for dataset in study.datasets:
-        for sweep_subset, mains in users.items():
+        for sweep_subset, mains in study.sweep_plan().items():
             for arm in study.arms:
                 best, points = pick_lr(study, dataset, arm, mains[0])
                 by_lr = {p["lr"]: p for p in points}
