@@ -9,9 +9,9 @@ Every (phase, dataset, subset, seed, arm, lr) run writes one JSON file (atomical
 results folder; a rerun skips finished files, so the study can be spread over several sittings.
 The learning rate of each (dataset, subset, arm) is picked on the DEV subset (never test) from
 a sweep on one seed, at the sweep subset nearest to the main subset (--sweep-fractions: by
-default one sweep at 1% sets the rate of every fraction); the main runs then score the test
-split. Every arm of a (dataset, subset, seed) gets the same training sentences, steps, batch size
-and evaluation.
+default one sweep at 1% sets the rate of every fraction; a grid whose best rate sits at its
+edge is widened past it, --sweep-widen); the main runs then score the test split. Every arm
+of a (dataset, subset, seed) gets the same training sentences, steps, batch size and evaluation.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Study:
     full_lrs: tuple[float, ...]
     sweep: bool
     sweep_fractions: tuple[float, ...]
+    sweep_widen: int  # rates to add past a grid edge whose rate scored best, per side
     sweep_seed: int
     device: str
     quick: bool
@@ -500,15 +501,65 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
 # --------------------------------------------------------------------------- planning
 
 
+def nice_rate(x: float) -> float:
+    """The nearest (on a log scale) of 1, 2, 3 and 5 times a power of ten."""
+    e = math.floor(math.log10(x))
+    candidates = [m * 10.0**k for k in (e - 1, e, e + 1) for m in (1, 2, 3, 5)]
+    return float(f"{min(candidates, key=lambda c: abs(math.log(c / x))):.0e}")
+
+
+def widened_rate(grid: Sequence[float], side: int, k: int) -> float:
+    """The k-th rate past the low (side -1) or high (side +1) edge of ``grid``, spaced by the
+    grid's mean ratio between neighbours: past 1e-4..3e-3, 3e-5 then 1e-5 below, 1e-2 above."""
+    lo, hi = min(grid), max(grid)
+    ratio = (hi / lo) ** (1 / (len(grid) - 1))
+    return nice_rate((lo if side < 0 else hi) * ratio ** (side * k))
+
+
+def arm_sweep(
+    study: Study, dataset: str, arm: str, sweep_subset: str
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """(the arm's grid on this sweep subset, its finished points), both by rate.
+
+    The grid is the given one, widened while its complete sweep scores best at an edge: one more
+    rate past that edge, at most ``sweep_widen`` per side. So a rate that wins only because the
+    grid stops there is checked against its outer neighbour, whichever the arm."""
+    grid = sorted(study.grid(arm))
+    widened = {-1: 0, 1: 0}
+    while True:
+        points = []
+        for lr in grid:
+            found = load_sweep_point(study, RunKey("sweep", dataset, sweep_subset, study.sweep_seed, arm, lr))
+            if found is not None and found.get("dev_final"):
+                source = "main run" if (found.get("key") or {}).get("phase") == "main" else "sweep"
+                points.append({"lr": lr, **found["dev_final"], "source": source})
+        if len(points) < len(grid) or len(grid) < 2:
+            return grid, points
+        best = best_point(points)["lr"]
+        side = -1 if best == grid[0] else 1 if best == grid[-1] else 0
+        if side == 0 or widened[side] >= study.sweep_widen:
+            return grid, points
+        widened[side] += 1
+        lr = widened_rate(study.grid(arm), side, widened[side])
+        grid = [lr, *grid] if side < 0 else [*grid, lr]
+
+
+def best_point(points: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """Best dev score; ties (common at 1% data, where relation F1 is often 0) break on entity
+    F1, then on the smaller learning rate."""
+    return max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
+
+
 def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
-    """Every sweep point, the sweep subsets in the order of the main subsets that use them."""
+    """Every sweep point known so far (a widened grid adds points as results come in), the
+    sweep subsets in the order of the main subsets that use them."""
     if not study.sweep:
         return []
     return [
         RunKey("sweep", dataset, subset, study.sweep_seed, arm, lr)
         for subset in study.sweep_plan()
         for arm in study.arms
-        for lr in study.grid(arm)
+        for lr in arm_sweep(study, dataset, arm, subset)[0]
     ]
 
 
@@ -522,23 +573,13 @@ def load_sweep_point(study: Study, key: RunKey) -> dict[str, Any] | None:
 
 def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | None, list[dict[str, Any]]]:
     """(best lr by dev score, every finished sweep point) for the main runs on ``subset``; None
-    until the arm's sweep there is complete.
-
-    Ties (common at 1% data, where relation F1 is often 0) break on entity F1, then on the
-    smaller learning rate."""
+    until the arm's sweep there, widened grid included, is complete."""
     if not study.sweep:
         return auto_lr(arm), []
-    points: list[dict[str, Any]] = []
-    for lr in study.grid(arm):
-        key = RunKey("sweep", dataset, study.sweep_subset(subset), study.sweep_seed, arm, lr)
-        found = load_sweep_point(study, key)
-        if found is not None and found.get("dev_final"):
-            source = "main run" if (found.get("key") or {}).get("phase") == "main" else "sweep"
-            points.append({"lr": lr, **found["dev_final"], "source": source})
-    if len(points) < len(study.grid(arm)):
+    grid, points = arm_sweep(study, dataset, arm, study.sweep_subset(subset))
+    if len(points) < len(grid):
         return None, points
-    best = max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
-    return float(best["lr"]), points
+    return float(best_point(points)["lr"]), points
 
 
 def main_keys(study: Study, dataset: str) -> list[RunKey]:
@@ -600,7 +641,11 @@ def run_study(study: Study) -> Tally:
             len(data.dev),
             len(data.test),
         )
-        run_keys(study, sweep_keys(study, dataset), data, base_of, tally)
+        seen: set[RunKey] = set()
+        # A finished sweep can widen its grid: go on until no new point appears.
+        while new := [k for k in sweep_keys(study, dataset) if k not in seen]:
+            seen.update(new)
+            run_keys(study, new, data, base_of, tally)
         for subset in study.subsets() if study.sweep else []:
             for arm in study.arms:
                 lr, points = pick_lr(study, dataset, arm, subset)
@@ -737,15 +782,17 @@ def sweep_section(study: Study) -> list[str]:
     for dataset in study.datasets:
         for sweep_subset, mains in study.sweep_plan().items():
             for arm in study.arms:
-                best, points = pick_lr(study, dataset, arm, mains[0])
+                best, _ = pick_lr(study, dataset, arm, mains[0])
+                grid, points = arm_sweep(study, dataset, arm, sweep_subset)
                 by_lr = {p["lr"]: p for p in points}
-                for lr in study.grid(arm):
+                for lr in grid:
                     p = by_lr.get(lr)
                     dev = "not run" if p is None else _fmt_scores(p)
                     if p is not None and p["source"] != "sweep":
                         dev += f" ({p['source']})"
+                    rate = f"{lr:g}" + ("" if lr in study.grid(arm) else " (widened)")
                     picked = "for " + ", ".join(map(subset_label, mains)) if best == lr else ""
-                    rows.append([dataset, subset_label(sweep_subset), arm, f"{lr:g}", dev, picked])
+                    rows.append([dataset, subset_label(sweep_subset), arm, rate, dev, picked])
     lines = [
         "## Learning-rate sweep (dev)",
         "",
@@ -753,7 +800,9 @@ def sweep_section(study: Study) -> list[str]:
         "last step; per arm, the best dev score (CoNLL04: strict relation F1, then entity F1) picks "
         "the lr of the main runs on the training subsets named. Where the main run of the sweep seed "
         "at a grid rate exists it is the same run plus a test score: the sweep reads its dev score "
-        '(marked "main run") rather than train again.',
+        '(marked "main run") rather than train again. Where a complete sweep scored best at an edge '
+        f"of its grid, the grid was widened by one rate past that edge, at most {study.sweep_widen} per side "
+        '(marked "widened").',
         "",
     ]
     header = ["dataset", "train", "arm", "lr", "dev (%)", "picked"]
@@ -1126,6 +1175,13 @@ def parser() -> argparse.ArgumentParser:
         help="training subsets of the lr sweeps; each fraction's main runs use the nearest "
         "(default 0.01: one sweep sets the rates of every fraction)",
     )
+    p.add_argument(
+        "--sweep-widen",
+        type=int,
+        default=2,
+        help="where a sweep scores best at an edge of its grid, add a rate past that edge; at most "
+        "this many per side (default 2; 0 keeps the grids as given)",
+    )
     p.add_argument("--sweep-seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -1136,7 +1192,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse settings that cannot make a study, naming every problem at once."""
+    problems = [
+        f"--{name.replace('_', '-')} {x:g}: a fraction must be in (0, 1]"
+        for name in ("fractions", "sweep_fractions")
+        for x in _floats(getattr(args, name))
+        if not 0 < x <= 1
+    ]
+    problems += [
+        f"--{name.replace('_', '-')} {x:g}: a learning rate must be positive"
+        for name in ("sparse_lrs", "full_lrs")
+        for x in _floats(getattr(args, name))
+        if not x > 0
+    ]
+    if args.sweep_widen < 0:
+        problems.append(f"--sweep-widen {args.sweep_widen}: must be 0 or more")
+    if problems:
+        raise SystemExit("; ".join(problems))
+
+
 def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
+    check_args(args)
     preset = QUICK if args.quick else NORMAL
 
     def pick(name: str) -> Any:
@@ -1168,6 +1245,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         full_lrs=_floats(args.full_lrs),
         sweep=not (args.no_sweep or args.quick),
         sweep_fractions=_floats(args.sweep_fractions),
+        sweep_widen=args.sweep_widen,
         sweep_seed=args.sweep_seed,
         device=args.device,
         quick=args.quick,

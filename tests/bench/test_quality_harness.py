@@ -159,7 +159,8 @@ def test_main_runs_pair_every_arm_of_a_seed_before_the_next_seed(tmp_path: Path)
 
 
 def test_a_sweep_per_fraction_picks_each_fractions_rate(tmp_path: Path) -> None:
-    grid = ["--sparse-lrs", "1e-3,3e-3", "--sweep-fractions", "0.01,0.05", "--results-dir", str(tmp_path)]
+    grid = ["--sparse-lrs", "1e-3,3e-3", "--sweep-fractions", "0.01,0.05", "--sweep-widen", "0"]
+    grid += ["--results-dir", str(tmp_path)]
     args = Q.parser().parse_args(
         [
             "run",
@@ -197,3 +198,46 @@ def test_a_sweep_per_fraction_picks_each_fractions_rate(tmp_path: Path) -> None:
         "| conll04 | 5% | fish | 0.003 | entity F1 30.0, relation F1 30.0" in report
         and "(main run) | for 5%, 20% |" in report
     )
+
+
+def test_a_sweep_that_wins_at_an_edge_widens_its_grid(tmp_path: Path) -> None:
+    assert [Q.widened_rate((1e-4, 3e-4, 1e-3, 3e-3), -1, k) for k in (1, 2)] == [3e-5, 1e-5]
+    assert Q.widened_rate((1e-4, 3e-4, 1e-3, 3e-3), 1, 1) == 1e-2
+    assert Q.widened_rate((1e-5, 3e-5, 1e-4, 3e-4), 1, 1) == 1e-3
+    lrs = ["--sparse-lrs", "1e-3,3e-3", "--full-lrs", "1e-4,3e-4", "--results-dir", str(tmp_path)]
+    args = Q.parser().parse_args(
+        ["run", "--base", "tiny-t5", "--datasets", "conll04", "--arms", "fish,full", *lrs]
+    )
+    study = Q.study_from_args(args, [])
+
+    def grid(arm: str) -> list[float]:
+        return [k.lr for k in Q.sweep_keys(study, "conll04") if k.arm == arm]
+
+    _sweep_file(study, "fish", 1e-3, 0.4, 0.4)
+    _sweep_file(study, "fish", 3e-3, 0.1, 0.1)
+    _sweep_file(study, "full", 1e-4, 0.1, 0.1)
+    assert grid("fish") == [3e-4, 1e-3, 3e-3] and grid("full") == [1e-4, 3e-4]  # full: not complete
+    assert Q.pick_lr(study, "conll04", "fish", "f0.01")[0] is None  # waits for the widened point
+    _sweep_file(study, "fish", 3e-4, 0.5, 0.5)  # the edge wins again: one more, the last (--sweep-widen 2)
+    assert grid("fish") == [1e-4, 3e-4, 1e-3, 3e-3]
+    _sweep_file(study, "fish", 1e-4, 0.6, 0.6)
+    assert grid("fish") == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert Q.pick_lr(study, "conll04", "fish", "f0.01")[0] == 1e-4
+    _sweep_file(study, "full", 3e-4, 0.2, 0.2)  # the high edge wins: 1e-3 is added
+    assert grid("full") == [1e-4, 3e-4, 1e-3]
+    _sweep_file(study, "full", 1e-3, 0.0, 0.0)  # inside now
+    assert grid("full") == [1e-4, 3e-4, 1e-3] and Q.pick_lr(study, "conll04", "full", "f0.01")[0] == 3e-4
+    report = "\n".join(Q.sweep_section(study))
+    assert "| conll04 | 1% | fish | 0.0001 (widened) | entity F1 60.0" in report
+    assert "| conll04 | 1% | full | 0.001 (widened) |" in report
+
+
+def test_bad_study_settings_are_refused_all_at_once() -> None:
+    args = Q.parser().parse_args(
+        ["run", "--fractions", "0.01,0", "--sweep-fractions", "1.5", "--full-lrs=-1e-4", "--sweep-widen=-1"]
+    )
+    with pytest.raises(SystemExit) as failed:
+        Q.study_from_args(args, [])
+    message = str(failed.value)
+    for problem in ("--fractions 0:", "--sweep-fractions 1.5:", "--full-lrs -0.0001:", "--sweep-widen -1:"):
+        assert problem in message
