@@ -521,9 +521,11 @@ def arm_sweep(
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """(the arm's grid on this sweep subset, its finished points), both by rate.
 
-    The grid is the given one, widened while its complete sweep scores best at an edge: one more
-    rate past that edge, at most ``sweep_widen`` per side. So a rate that wins only because the
-    grid stops there is checked against its outer neighbour, whichever the arm."""
+    The grid is the given one, widened while its complete sweep scores best at an edge, strictly
+    above the rate next to it: one more rate past that edge, at most ``sweep_widen`` per side.
+    So a rate that wins only because the grid stops there is checked against its outer
+    neighbour, whichever the arm. A tie at the edge (every rate at 0, say) widens nothing: the
+    scores do not point past it."""
     grid = sorted(study.grid(arm))
     widened = {-1: 0, 1: 0}
     while True:
@@ -539,6 +541,9 @@ def arm_sweep(
         side = -1 if best == grid[0] else 1 if best == grid[-1] else 0
         if side == 0 or widened[side] >= study.sweep_widen:
             return grid, points
+        edge, inner = (points[0], points[1]) if side < 0 else (points[-1], points[-2])
+        if _rank(edge) == _rank(inner):
+            return grid, points
         widened[side] += 1
         lr = widened_rate(study.grid(arm), side, widened[side])
         grid = [lr, *grid] if side < 0 else [*grid, lr]
@@ -547,7 +552,11 @@ def arm_sweep(
 def best_point(points: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """Best dev score; ties (common at 1% data, where relation F1 is often 0) break on entity
     F1, then on the smaller learning rate."""
-    return max(points, key=lambda p: (p["score"], p["entity_f1"], -p["lr"]))
+    return max(points, key=lambda p: (*_rank(p), -p["lr"]))
+
+
+def _rank(point: Mapping[str, Any]) -> tuple[float, float]:
+    return point["score"], point["entity_f1"]
 
 
 def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
@@ -801,8 +810,8 @@ def sweep_section(study: Study) -> list[str]:
         "the lr of the main runs on the training subsets named. Where the main run of the sweep seed "
         "at a grid rate exists it is the same run plus a test score: the sweep reads its dev score "
         '(marked "main run") rather than train again. Where a complete sweep scored best at an edge '
-        f"of its grid, the grid was widened by one rate past that edge, at most {study.sweep_widen} per side "
-        '(marked "widened").',
+        "of its grid, strictly above the rate next to it, the grid was widened by one rate past that "
+        f'edge, at most {study.sweep_widen} per side (marked "widened").',
         "",
     ]
     header = ["dataset", "train", "arm", "lr", "dev (%)", "picked"]

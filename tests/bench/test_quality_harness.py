@@ -229,7 +229,15 @@ def test_a_sweep_that_wins_at_an_edge_widens_its_grid(tmp_path: Path) -> None:
     assert grid("full") == [1e-4, 3e-4, 1e-3] and Q.pick_lr(study, "conll04", "full", "f0.01")[0] == 3e-4
     report = "\n".join(Q.sweep_section(study))
     assert "| conll04 | 1% | fish | 0.0001 (widened) | entity F1 60.0" in report
-    assert "| conll04 | 1% | full | 0.001 (widened) |" in report
+    # An edge that only ties its neighbour (every rate at 0, say) gives no reason to look past it.
+    lrs = ["--sparse-lrs", "1e-3,3e-3", "--results-dir", str(tmp_path / "ties")]
+    ties = Q.study_from_args(
+        Q.parser().parse_args(["run", "--datasets", "conll04", "--arms", "fish", *lrs]), []
+    )
+    for lr in (1e-3, 3e-3):
+        _sweep_file(ties, "fish", lr, 0.0, 0.0)
+    assert [k.lr for k in Q.sweep_keys(ties, "conll04")] == [1e-3, 3e-3]
+    assert Q.pick_lr(ties, "conll04", "fish", "f0.01")[0] == 1e-3
 
 
 def test_bad_study_settings_are_refused_all_at_once() -> None:
