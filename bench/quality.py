@@ -674,6 +674,10 @@ def run_study(study: Study) -> Tally:
 # --------------------------------------------------------------------------- report: numbers
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -1056,7 +1060,7 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
         f"- dev curve: fixed dev subset of {study.dev_size} sentences",
         f"- devices: {', '.join(envs) or 'n/a'}",
         "- code (git commit of the runs): "
-        + ("; ".join(f"{label} ({n} runs)" for label, n in sorted(codes.items())) or "n/a"),
+        + ("; ".join(f"{label} ({_count(n, 'run')})" for label, n in sorted(codes.items())) or "n/a"),
     ]
 
 
