@@ -528,13 +528,16 @@ def arm_sweep(
     scores do not point past it."""
     grid = sorted(study.grid(arm))
     widened = {-1: 0, 1: 0}
+    loaded: dict[float, dict[str, Any] | None] = {}  # each point read once, however far the grid widens
     while True:
-        points = []
         for lr in grid:
-            found = load_sweep_point(study, RunKey("sweep", dataset, sweep_subset, study.sweep_seed, arm, lr))
-            if found is not None and found.get("dev_final"):
-                source = "main run" if (found.get("key") or {}).get("phase") == "main" else "sweep"
-                points.append({"lr": lr, **found["dev_final"], "source": source})
+            if lr not in loaded:
+                key = RunKey("sweep", dataset, sweep_subset, study.sweep_seed, arm, lr)
+                found = load_sweep_point(study, key)
+                ok = found is not None and found.get("dev_final")
+                source = "main run" if ok and (found.get("key") or {}).get("phase") == "main" else "sweep"
+                loaded[lr] = {"lr": lr, **found["dev_final"], "source": source} if ok else None
+        points = [p for p in (loaded[lr] for lr in grid) if p is not None]
         if len(points) < len(grid) or len(grid) < 2:
             return grid, points
         best = best_point(points)["lr"]
@@ -557,6 +560,11 @@ def best_point(points: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 def _rank(point: Mapping[str, Any]) -> tuple[float, float]:
     return point["score"], point["entity_f1"]
+
+
+def picked_lr(grid: Sequence[float], points: Sequence[Mapping[str, Any]]) -> float | None:
+    """The best point's rate once every rate of ``grid`` has a point, else None."""
+    return float(best_point(points)["lr"]) if len(points) == len(grid) else None
 
 
 def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
@@ -586,9 +594,7 @@ def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | 
     if not study.sweep:
         return auto_lr(arm), []
     grid, points = arm_sweep(study, dataset, arm, study.sweep_subset(subset))
-    if len(points) < len(grid):
-        return None, points
-    return float(best_point(points)["lr"]), points
+    return picked_lr(grid, points), points
 
 
 def main_keys(study: Study, dataset: str) -> list[RunKey]:
@@ -795,8 +801,8 @@ def sweep_section(study: Study) -> list[str]:
     for dataset in study.datasets:
         for sweep_subset, mains in study.sweep_plan().items():
             for arm in study.arms:
-                best, _ = pick_lr(study, dataset, arm, mains[0])
                 grid, points = arm_sweep(study, dataset, arm, sweep_subset)
+                best = picked_lr(grid, points)
                 by_lr = {p["lr"]: p for p in points}
                 for lr in grid:
                     p = by_lr.get(lr)
