@@ -710,6 +710,11 @@ class Cell:
     def values(self, metric: str) -> list[float]:
         return [float(r["test"][metric]) for r in self.runs.values() if r.get("test")]
 
+    def machines(self) -> str:
+        """The machines the runs ran on, with their run counts: "AMD EPYC (2); x86_64 (1)"."""
+        names = Counter(r["environment"]["device_name"] for r in self.runs.values())
+        return "; ".join(f"{name} ({n})" for name, n in sorted(names.items()))
+
     def timing(self, key: str) -> float | None:
         vals = [float(r["timing"][key]) for r in self.runs.values() if r["timing"].get(key) is not None]
         return statistics.fmean(vals) if vals else None
@@ -851,6 +856,7 @@ def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
                 s(cell.timing("dev_eval_s")),
                 s(cell.timing("test_eval_s")),
                 s(cell.timing("test_eval_cpu_s")),
+                cell.machines(),
             ]
         )
     header = [
@@ -866,6 +872,7 @@ def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
         "dev eval s",
         "test eval s",
         "test eval CPU s",
+        "machines (runs)",
     ]
     lines = [
         "## Wall time per arm",
@@ -874,7 +881,8 @@ def timing_section(cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
         "(training steps, mask refreshes, dev evaluations, set-up). The `CPU s` columns are the "
         "process's CPU seconds over all its threads: wall time grows when other work shares the "
         "machine or the study is paused, CPU time much less. Runs written before CPU time was "
-        "recorded count as n/a.",
+        "recorded count as n/a. A row whose runs ran on more than one machine averages their "
+        "speeds: compare arms by rows that ran on the same one.",
         "",
     ]
     return lines + (table(header, rows) if rows else ["No finished runs."]) + [""]

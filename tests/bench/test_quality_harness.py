@@ -99,6 +99,12 @@ def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     assert paired in report
     code = run["environment"]["code"]
     assert f"- code (git commit of the runs): {code[:12]}{code[40:]} (2 runs)" in report
+    timing_prefix = "| wnut17 | 2 sent. | fish_dip | 1 |"  # dataset, train, arm, steps
+    timing_row = next(line for line in report.splitlines() if line.startswith(timing_prefix))
+    assert timing_row.endswith(f"| {run['environment']['device_name']} (1) |")
+    # A row whose seeds ran on different machines says so (their speeds are averaged).
+    envs = {seed: {"environment": {"device_name": name}} for seed, name in enumerate("BAB", 1)}
+    assert Q.Cell("wnut17", "f0.01", "fish", 1e-3, envs).machines() == "A (1); B (2)"
     assert sorted(p.name for p in (tiny_study / "img").iterdir()) == [
         "report-dev-wnut17-n2.png",  # named after the report (out/report.md)
         "report-mask-wnut17-n2.png",
