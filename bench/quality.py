@@ -4,6 +4,7 @@
     python bench/quality.py report              # aggregate whatever result files exist
     python bench/quality.py run --quick         # smoke run: a few minutes on 2 CPU cores
     python bench/quality.py run --quick --base tiny-t5   # seconds; results and report stay in bench/results/
+    python bench/quality.py recheck RESULT.json  # does this machine round like the run's? (4 steps)
 
 Every (phase, dataset, subset, seed, arm, lr) run writes one JSON file (atomically) under the
 results folder; a rerun skips finished files, so the study can be spread over several sittings.
@@ -17,6 +18,7 @@ of a (dataset, subset, seed) gets the same training sentences, steps, batch size
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -209,17 +211,17 @@ class Data:
     test: list[dict[str, Any]]  # the full test split unless test_size is set
 
 
+def read_split(info: DatasetInfo, spec: core.TaskSpec, data_dir: Path, rel: str) -> list[dict[str, Any]]:
+    res = core.get_task(spec.type).validate(spec, info.reader(data_dir / rel))
+    if res.problems:
+        raise SystemExit(f"{rel}: {len(res.problems)} invalid examples, first: {res.problems[0]}")
+    return res.examples
+
+
 def load_data(name: str, study: Study) -> Data:
     info = DATASETS[name]
     spec = core.TaskSpec.from_dict(info.spec())
-    task = core.get_task(spec.type)
-    splits: list[list[dict[str, Any]]] = []
-    for rel in info.files:
-        res = task.validate(spec, info.reader(study.data_dir / rel))
-        if res.problems:
-            raise SystemExit(f"{rel}: {len(res.problems)} invalid examples, first: {res.problems[0]}")
-        splits.append(res.examples)
-    train, dev, test = splits
+    train, dev, test = (read_split(info, spec, study.data_dir, rel) for rel in info.files)
     return Data(name, spec, train, fixed_sample(dev, study.dev_size), fixed_sample(test, study.test_size))
 
 
@@ -675,6 +677,61 @@ def run_study(study: Study) -> Tally:
         run_keys(study, main_keys(study, dataset), data, base_of, tally)
     log.info("ran %d, skipped %d finished runs", len(tally.ran), len(tally.skipped))
     return tally
+
+
+# --------------------------------------------------------------------------- recheck
+
+
+def without(d: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def recheck(path: Path, steps: int, data_dir: Path, load: Callable[[str], core.LoadedBase]) -> bool:
+    """Repeat the first ``steps`` training steps of a stored run on this machine and compare the
+    training loss with the run's stored curve (windowed means, 6 digits). Machines that give the
+    same loss round alike; ones that do not can turn the difference into points of F1 by the
+    end of a run (docs/BENCHMARKS.md, "A sweep point that did not repeat"), so a run's pairs
+    should not mix them. Prints the comparison; returns whether every window matched."""
+    stored = json.loads(path.read_text())
+    key = RunKey(**stored["key"])
+    info = DATASETS[key.dataset]
+    spec = core.TaskSpec.from_dict(info.spec())
+    pool = read_split(info, spec, data_dir, info.files[0])
+    train = [pool[i] for i in stored["train_ids"]]
+    curve = [(int(s), float(v)) for s, v in stored["loss_curve"]]
+    width = curve[0][0]  # the first window ends at step `width`
+    windows = [w for w in curve if w[0] <= max(steps, width)]
+    last = windows[-1][0]
+    losses: list[float] = []
+
+    class Losses(core.Callbacks):
+        def on_step(self, info: core.StepInfo) -> None:
+            losses.append(info.loss)
+
+    with contextlib.suppress(core.FitCancelled):  # stopped after the last compared step, as asked
+        core.fit(
+            load(stored["study"]["base"]),
+            spec,
+            train,
+            method=core.MethodConfig.from_dict(stored["method"]),
+            config=core.TrainConfig.from_dict(without(stored["config"], "total_steps")),  # derived
+            callbacks=Losses(),
+            should_stop=lambda: len(losses) >= last,
+        )
+    env = stored.get("environment", {})
+    print(
+        f"{path.name}: made on {env.get('device_name', 'an unrecorded CPU')} "
+        f"({env.get('cpu_isa', 'ISA not recorded')}); here {cpu_model()} ({cpu_isa()})"
+    )
+    same = True
+    for i, (end, value) in enumerate(windows):
+        mine = round(statistics.fmean(losses[i * width : end]), 6)
+        same &= mine == value
+        flag = "" if mine == value else "  DIFFERS"
+        print(f"  steps {i * width + 1}-{end}: stored {value:.6f}, here {mine:.6f}{flag}")
+    verdict = "same: this machine rounds like" if same else "differs: this machine rounds unlike"
+    print(f"  {verdict} the run's")
+    return same
 
 
 # --------------------------------------------------------------------------- report: numbers
@@ -1167,7 +1224,16 @@ def _names(text: str, known: Iterable[str], what: str) -> tuple[str, ...]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["run", "report"])
+    p.add_argument("command", choices=["run", "report", "recheck"])
+    p.add_argument(
+        "results",
+        nargs="*",
+        type=Path,
+        help="recheck: result files whose first training steps to repeat here",
+    )
+    p.add_argument(
+        "--recheck-steps", type=int, default=4, help="recheck: training steps to repeat (default 4)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -1297,6 +1363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.command == "recheck":
+        if not args.results:
+            raise SystemExit("recheck: name one or more result files")
+        load = functools.cache(lambda name: core.load_base(name, device=args.device))
+        same = [recheck(path, args.recheck_steps, args.data_dir, load) for path in args.results]
+        return 0 if all(same) else 1
+    elif args.results:
+        raise SystemExit(f"{args.command}: takes no result files (recheck does)")
     study = study_from_args(args, argv)
     if not core.is_known_base(study.base):
         raise SystemExit(f"unknown base {study.base!r}")

@@ -85,6 +85,27 @@ def test_rerun_with_other_settings_is_refused(tiny_study: Path) -> None:
         Q.main(["run", *tiny_args(tiny_study, "--refresh-every", "7")])
 
 
+def test_recheck_repeats_a_runs_first_steps_and_spots_a_different_loss(
+    tiny_study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stored = tiny_study / "res" / "main__wnut17__n2__seed1__fish_dip__lr0.001.json"
+    assert Q.main(["recheck", str(stored), "--device", "cpu"]) == 0  # same machine, same loss
+    out = capsys.readouterr().out
+    assert "steps 1-1: stored" in out and "same: this machine rounds like the run's" in out
+    # A run whose stored loss is not what these steps give (as on a machine that rounds otherwise).
+    result = json.loads(stored.read_text())
+    result["loss_curve"][0][1] = round(result["loss_curve"][0][1] + 1e-6, 6)
+    other = tmp_path / stored.name
+    other.write_text(json.dumps(result))
+    assert Q.main(["recheck", str(stored), str(other), "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("DIFFERS") == 1 and "differs: this machine rounds unlike the run's" in out
+    with pytest.raises(SystemExit, match="name one or more result files"):
+        Q.main(["recheck"])
+    with pytest.raises(SystemExit, match="takes no result files"):
+        Q.main(["report", str(stored)])
+
+
 def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     report = (tiny_study / "report.md").read_text()
     assert report.startswith("# Quality study (quick smoke run)") and "Generated file" in report
