@@ -5,6 +5,7 @@
     python bench/quality.py run --quick         # smoke run: a few minutes on 2 CPU cores
     python bench/quality.py run --quick --base tiny-t5   # seconds; results and report stay in bench/results/
     python bench/quality.py recheck RESULT.json  # does this machine round like the run's? (4 steps)
+    kill -USR1 PID                               # a running study: finish this run, start no other
 
 Every (phase, dataset, subset, seed, arm, lr) run writes one JSON file (atomically) under the
 results folder; a rerun skips finished files, so the study can be spread over several sittings.
@@ -28,10 +29,12 @@ import os
 import platform
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -618,6 +621,12 @@ def main_keys(study: Study, dataset: str) -> list[RunKey]:
 class Tally:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # not started: a stop was asked for
+
+
+# Set by SIGUSR1 during `run` (see main): the run in progress finishes and is written, no other
+# starts, and the report is written as usual; what is left runs at the next start.
+STOP = threading.Event()
 
 
 def run_keys(
@@ -629,6 +638,9 @@ def run_keys(
             check_comparable(study, key, found)
             log.info("skip (done): %s", key.filename())
             tally.skipped.append(key.filename())
+            continue
+        if STOP.is_set():
+            tally.deferred.append(key.filename())
             continue
         result = execute(key, study, data, base_of())
         write_atomic(study.results_dir / key.filename(), result)
@@ -676,6 +688,8 @@ def run_study(study: Study) -> Tally:
                 )
         run_keys(study, main_keys(study, dataset), data, base_of, tally)
     log.info("ran %d, skipped %d finished runs", len(tally.ran), len(tally.skipped))
+    if tally.deferred:
+        log.info("stopped on request: %d runs not started, left for the next start", len(tally.deferred))
     return tally
 
 
@@ -1352,6 +1366,11 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
     )
 
 
+def _ask_to_stop(signum: int, frame: Any) -> None:
+    STOP.set()
+    log.info("stop asked for (signal %d): the run in progress finishes, no other starts", signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -1376,7 +1395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown base {study.base!r}")
     if args.command == "run":
         t0 = time.perf_counter()
-        run_study(study)
+        STOP.clear()
+        previous = signal.signal(signal.SIGUSR1, _ask_to_stop)
+        try:
+            run_study(study)
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
         log.info("study run took %.0f s", time.perf_counter() - t0)
     path = write_report(study)
     print(_rel(path, Path.cwd()))  # the one line a caller reads; progress goes to the log

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -104,6 +105,29 @@ def test_recheck_repeats_a_runs_first_steps_and_spots_a_different_loss(
         Q.main(["recheck"])
     with pytest.raises(SystemExit, match="takes no result files"):
         Q.main(["report", str(stored)])
+
+
+def test_sigusr1_lets_the_run_in_progress_finish_and_starts_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_execute = Q.execute
+
+    def execute_then_signal(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = real_execute(*args, **kwargs)
+        signal.raise_signal(signal.SIGUSR1)  # as `kill -USR1` would, while this run was going
+        return result
+
+    monkeypatch.setattr(Q, "execute", execute_then_signal)
+    before = signal.getsignal(signal.SIGUSR1)
+    assert Q.main(["run", *tiny_args(tmp_path)]) == 0
+    files = sorted(p.name for p in (tmp_path / "res").iterdir())
+    # The run in progress finished and was written; full was not started.
+    assert files == ["main__wnut17__n2__seed1__fish_dip__lr0.001.json"]
+    assert (tmp_path / "report.md").is_file()
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler is only there while a study runs
+    monkeypatch.setattr(Q, "execute", real_execute)
+    assert Q.main(["run", *tiny_args(tmp_path)]) == 0  # the next start runs what was left
+    assert len(list((tmp_path / "res").iterdir())) == 2
 
 
 def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
