@@ -297,13 +297,16 @@ class Recorder(core.Callbacks):
         )
 
     def loss_curve(self) -> list[list[float]]:
-        """Windowed means of the training loss: [last step of the window, mean loss]."""
-        width = max(1, math.ceil(len(self.losses) / LOSS_POINTS))
-        out: list[list[float]] = []
-        for i in range(0, len(self.losses), width):
-            window = self.losses[i : i + width]
-            out.append([window[-1][0], round(statistics.fmean(v for _, v in window), 6)])
-        return out
+        return windowed_means(self.losses, max(1, math.ceil(len(self.losses) / LOSS_POINTS)))
+
+
+def windowed_means(losses: Sequence[tuple[int, float]], width: int) -> list[list[float]]:
+    """The training loss as a result file stores it: [last step of the window, mean loss]."""
+    out: list[list[float]] = []
+    for i in range(0, len(losses), width):
+        window = losses[i : i + width]
+        out.append([window[-1][0], round(statistics.fmean(v for _, v in window), 6)])
+    return out
 
 
 def _fmt_scores(point: Mapping[str, Any]) -> str:
@@ -696,10 +699,6 @@ def run_study(study: Study) -> Tally:
 # --------------------------------------------------------------------------- recheck
 
 
-def without(d: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in keys}
-
-
 def recheck(path: Path, steps: int, data_dir: Path, load: Callable[[str], core.LoadedBase]) -> bool:
     """Repeat the first ``steps`` training steps of a stored run on this machine and compare the
     training loss with the run's stored curve (windowed means, 6 digits). Machines that give the
@@ -716,11 +715,12 @@ def recheck(path: Path, steps: int, data_dir: Path, load: Callable[[str], core.L
     width = curve[0][0]  # the first window ends at step `width`
     windows = [w for w in curve if w[0] <= max(steps, width)]
     last = windows[-1][0]
-    losses: list[float] = []
+    config = {k: v for k, v in stored["config"].items() if k != "total_steps"}  # derived; refused
+    losses: list[tuple[int, float]] = []
 
     class Losses(core.Callbacks):
         def on_step(self, info: core.StepInfo) -> None:
-            losses.append(info.loss)
+            losses.append((info.step, info.loss))
 
     with contextlib.suppress(core.FitCancelled):  # stopped after the last compared step, as asked
         core.fit(
@@ -728,7 +728,7 @@ def recheck(path: Path, steps: int, data_dir: Path, load: Callable[[str], core.L
             spec,
             train,
             method=core.MethodConfig.from_dict(stored["method"]),
-            config=core.TrainConfig.from_dict(without(stored["config"], "total_steps")),  # derived
+            config=core.TrainConfig.from_dict(config),
             callbacks=Losses(),
             should_stop=lambda: len(losses) >= last,
         )
@@ -738,11 +738,10 @@ def recheck(path: Path, steps: int, data_dir: Path, load: Callable[[str], core.L
         f"({env.get('cpu_isa', 'ISA not recorded')}); here {cpu_model()} ({cpu_isa()})"
     )
     same = True
-    for i, (end, value) in enumerate(windows):
-        mine = round(statistics.fmean(losses[i * width : end]), 6)
+    for (end, value), (_, mine) in zip(windows, windowed_means(losses, width), strict=True):
         same &= mine == value
         flag = "" if mine == value else "  DIFFERS"
-        print(f"  steps {i * width + 1}-{end}: stored {value:.6f}, here {mine:.6f}{flag}")
+        print(f"  steps {end - width + 1}-{end}: stored {value:.6f}, here {mine:.6f}{flag}")
     verdict = "same: this machine rounds like" if same else "differs: this machine rounds unlike"
     print(f"  {verdict} the run's")
     return same
