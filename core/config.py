@@ -16,6 +16,7 @@ from .errors import ConfigError, Problem
 _C = TypeVar("_C")
 MethodType = Literal["fish_dip", "fish", "random", "full"]
 OptimizerType = Literal["adafactor", "adamw"]
+BiasCorrection = Literal["global", "per_entry"]
 FisherMode = Literal["per_example", "batch"]
 
 
@@ -69,6 +70,9 @@ class TrainConfig:
     learning_rate: float | None = None
     optimizer: OptimizerType = "adafactor"
     weight_decay: float = 0.0
+    # AdamW on a sparse method: "per_entry" bias-corrects an entry that joins the mask at a
+    # refresh by its own steps in the mask (as a fresh Adam), "global" by the run's steps.
+    bias_correction: BiasCorrection = "global"
     max_grad_norm: float = 1.0
     seed: int = 0
     eval_every: int | None = None
@@ -138,6 +142,7 @@ def _check_train(v: dict[str, Any]) -> list[Problem]:
     for key in (
         "optimizer",
         "weight_decay",
+        "bias_correction",
         "max_grad_norm",
         "seed",
         "early_stop_loss",
@@ -148,6 +153,7 @@ def _check_train(v: dict[str, Any]) -> list[Problem]:
             v.pop(key)
     problems = (
         _check_choice(v, "optimizer", get_args(OptimizerType))
+        + _check_choice(v, "bias_correction", get_args(BiasCorrection))
         + _check_number(v, "epochs", int, 1, 100_000)
         + _check_number(v, "max_steps", int, 1, 10**7)
         + _check_number(v, "batch_size", int, 1, 4096)

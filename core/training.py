@@ -261,7 +261,13 @@ class _Run:
     def build_optimizer(self) -> torch.optim.Optimizer | SparseAdamW:
         lr = float(self.cfg.learning_rate or 0.0)
         if self.cfg.optimizer == "adamw" and self.mask is not None:
-            return SparseAdamW(self.params, self.mask, lr, weight_decay=self.cfg.weight_decay)
+            return SparseAdamW(
+                self.params,
+                self.mask,
+                lr,
+                weight_decay=self.cfg.weight_decay,
+                bias_correction=self.cfg.bias_correction,
+            )
         if self.cfg.optimizer == "adamw":
             return torch.optim.AdamW(list(self.params.values()), lr=lr, weight_decay=self.cfg.weight_decay)
         return adafactor(list(self.params.values()), lr)

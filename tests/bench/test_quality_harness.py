@@ -130,6 +130,21 @@ def test_sigusr1_lets_the_run_in_progress_finish_and_starts_no_other(
     assert len(list((tmp_path / "res").iterdir())) == 2
 
 
+def test_a_variant_arm_trains_its_method_with_its_settings(tmp_path: Path) -> None:
+    assert Q.main(["run", *tiny_args(tmp_path, "--arms", "fish_dip_entry,fish_dip")]) == 0
+    results = {p.name.split("__")[4]: json.loads(p.read_text()) for p in (tmp_path / "res").iterdir()}
+    assert set(results) == {"fish_dip_entry", "fish_dip"}
+    variant, plain = results["fish_dip_entry"], results["fish_dip"]
+    assert variant["method"] == plain["method"] and variant["method"]["type"] == "fish_dip"
+    assert (
+        variant["config"]["bias_correction"] == "per_entry" and plain["config"]["bias_correction"] == "global"
+    )
+    assert variant["key"]["lr"] == plain["key"]["lr"]  # core's fish_dip rate when nothing is swept
+    assert "fish_dip_entry" in (tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit, match="unknown arm: fish_dip_typo"):
+        Q.main(["run", *tiny_args(tmp_path, "--arms", "fish_dip_typo")])
+
+
 def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     report = (tiny_study / "report.md").read_text()
     assert report.startswith("# Quality study (quick smoke run)") and "Generated file" in report

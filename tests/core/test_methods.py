@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import threading
 from typing import Any
 
@@ -23,10 +24,14 @@ def make_run(
     train: list[dict[str, Any]],
     method: str,
     optimizer: str = "adafactor",
+    bias_correction: str = "global",
     **kw: Any,
 ) -> _Run:
     m = MethodConfig(type=method, sparsity=0.01, **kw)  # type: ignore[arg-type]
-    cfg = resolve_config(TrainConfig(optimizer=optimizer, batch_size=2, max_steps=6, seed=3), m, len(train))
+    train_cfg = TrainConfig(
+        optimizer=optimizer, bias_correction=bias_correction, batch_size=2, max_steps=6, seed=3
+    )  # type: ignore[arg-type]
+    cfg = resolve_config(train_cfg, m, len(train))
     return _Run(base, spec, train, cfg, m, core.Callbacks(), lambda: False)
 
 
@@ -89,7 +94,9 @@ def test_touched_positions_and_overlap() -> None:
     assert M.count_positions(touched) == 4
 
 
-@pytest.mark.parametrize("optimizer", ["adafactor", "adamw"])
+@pytest.mark.parametrize(
+    ("optimizer", "bias_correction"), [("adafactor", "global"), ("adamw", "global"), ("adamw", "per_entry")]
+)
 @pytest.mark.parametrize("method", ["fish_dip", "fish", "random"])
 def test_off_mask_parameters_are_bit_identical_after_every_step(
     tiny_t5: core.LoadedBase,
@@ -97,8 +104,9 @@ def test_off_mask_parameters_are_bit_identical_after_every_step(
     ner_train: list[dict[str, Any]],
     method: str,
     optimizer: str,
+    bias_correction: str,
 ) -> None:
-    run = make_run(tiny_t5, ner_spec, ner_train, method, optimizer, refresh_every=2)
+    run = make_run(tiny_t5, ner_spec, ner_train, method, optimizer, bias_correction, refresh_every=2)
     run.choose_mask(0)
     assert run.mask is not None and M.count_positions(run.mask) == run.k
     opt = run.build_optimizer()
@@ -178,12 +186,60 @@ def test_sparse_adamw_carries_state_over_for_kept_entries() -> None:
     assert p.detach()[[3, 5]].tolist() == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("bias_correction", ["global", "per_entry"])
+def test_sparse_adamw_bias_corrects_entries_new_to_the_mask(bias_correction: str) -> None:
+    """An entry that joins the mask at step 50 moves as under a fresh Adam when corrected by
+    its own steps; corrected by the run's steps, it moves 0.7x a fresh Adam's step at first
+    and 1.6x by its 10th step (steady gradient). Entries kept across the refresh step alike."""
+    lr = 0.01
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = SparseAdamW({"p": p}, {"p": torch.tensor([0, 1])}, lr=lr, bias_correction=bias_correction)  # type: ignore[arg-type]
+    fresh_p = torch.nn.Parameter(torch.zeros(1))
+    fresh = SparseAdamW({"p": fresh_p}, {"p": torch.tensor([0])}, lr=lr)
+    for _ in range(50):
+        opt.grads = {"p": torch.tensor([1.0, 1.0])}
+        opt.step()
+    kept_before = p.detach()[1].item()
+    opt.set_mask({"p": torch.tensor([1, 2])})
+    new_steps, fresh_steps, kept_steps = [], [], []
+    for _ in range(10):
+        before, fresh_before = p.detach().clone(), fresh_p.detach().clone()
+        opt.grads, fresh.grads = {"p": torch.tensor([1.0, 1.0])}, {"p": torch.tensor([1.0])}
+        opt.step()
+        fresh.step()
+        new_steps.append((before - p.detach())[2].item())
+        kept_steps.append((before - p.detach())[1].item())
+        fresh_steps.append((fresh_before - fresh_p.detach()).item())
+    ratios = [a / b for a, b in zip(new_steps, fresh_steps, strict=True)]
+    if bias_correction == "per_entry":
+        assert ratios == pytest.approx([1.0] * 10, rel=1e-5)
+    else:
+        b1, b2 = opt.betas
+        want = [
+            ((1 - b1**k) / (1 - b1 ** (50 + k))) / math.sqrt((1 - b2**k) / (1 - b2 ** (50 + k)))
+            for k in range(1, 11)
+        ]
+        assert ratios == pytest.approx(want, rel=1e-4)
+        assert ratios[0] < 0.75 and ratios[-1] > 1.5
+    assert kept_steps == pytest.approx([lr] * 10, rel=1e-4) and kept_before < 0  # moved before too
+    assert p.detach()[[0, 3]].tolist() != [0.0, 0.0] and p.detach()[3].item() == 0.0
+    assert opt.state_bytes() == 2 * (8 + 4 + 4 + (4 if bias_correction == "per_entry" else 0))
+
+
 def test_method_config_validation_lists_every_problem() -> None:
     with pytest.raises(core.ConfigError) as err:
         MethodConfig.from_dict({"type": "lora", "sparsity": 2, "refresh_every": 0, "bogus": 1})
     locs = sorted(p.loc for p in err.value.problems)
     assert locs == ["/bogus", "/refresh_every", "/sparsity", "/type"]
     assert MethodConfig.from_dict({"regressing_examples": "auto"}).regressing_examples is None
+
+
+def test_train_config_validation_lists_every_problem() -> None:
+    with pytest.raises(core.ConfigError) as err:
+        TrainConfig.from_dict({"optimizer": "sgd", "bias_correction": "sometimes", "epochs": 0})
+    assert sorted(p.loc for p in err.value.problems) == ["/bias_correction", "/epochs", "/optimizer"]
+    assert TrainConfig.from_dict({"bias_correction": "per_entry"}).bias_correction == "per_entry"
+    assert TrainConfig.from_dict({"bias_correction": "auto"}).bias_correction == "global"
 
 
 def test_row_sparse_output_layer_gives_the_same_gradients(

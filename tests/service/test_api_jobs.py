@@ -99,8 +99,12 @@ def _bad_bodies() -> Iterator[tuple[str, dict[str, Any], set[str]]]:
     )
     yield (
         "unknown base and method, bad hyperparameter",
-        ner_job(base_model="gpt-17", method={"type": "lora"}, hyperparameters={"epochs": -3}),
-        {"/base_model", "/method/type", "/hyperparameters/epochs"},
+        ner_job(
+            base_model="gpt-17",
+            method={"type": "lora"},
+            hyperparameters={"epochs": -3, "bias_correction": "sometimes"},
+        ),
+        {"/base_model", "/method/type", "/hyperparameters/epochs", "/hyperparameters/bias_correction"},
     )
     yield ("empty dataset", ner_job(n=0), {"/training_data/examples"})
     yield (
