@@ -78,7 +78,9 @@ class TrainConfig:
     eval_every: int | None = None
     early_stop_loss: float = 1e-6
     early_stop_patience: int = 20
-    bf16: bool | None = None  # None: bf16 autocast for bases over 50M parameters (loss within ~0.2% of fp32)
+    # None: bf16 autocast for bases over 50M parameters where the hardware has bf16 matmuls
+    # (loss within ~0.2% of fp32)
+    bf16: bool | None = None
     max_new_tokens: int | None = None
     eval_batch_size: int = 32  # sentences decoded together during validation
     total_steps: int | None = None  # filled by resolve_config

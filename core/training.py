@@ -41,6 +41,7 @@ from . import masks as M
 from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
 from .errors import ConfigError, FitCancelled
 from .extraction import predict
+from .hardware import native_bf16
 from .head_loss import WeightGradSink
 from .memory import release_free_memory
 from .models import LoadedBase
@@ -49,9 +50,16 @@ from .tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
-# bf16 autocast is on by default for real-size bases: on gemma-3-270m it gives ~1.5x faster
-# steps with a loss within 0.2% of fp32 (docs/BENCHMARKS.md). Tiny test models stay in fp32.
+# bf16 autocast is on by default for real-size bases on hardware with native bf16 matmuls: on
+# gemma-3-270m it gives ~1.5x faster steps with a loss within 0.2% of fp32 on an AVX512-BF16
+# CPU, while on an AVX2-only one a full step took 36x as long as in fp32 (docs/BENCHMARKS.md).
+# Tiny test models stay in fp32.
 BF16_AUTO_MIN_PARAMETERS = 50_000_000
+
+
+def auto_bf16(base: LoadedBase) -> bool:
+    """What ``bf16=None`` ("auto") means for ``base`` where it is loaded."""
+    return base.parameter_count() > BF16_AUTO_MIN_PARAMETERS and native_bf16(base.device)
 
 
 @dataclass(frozen=True)
@@ -325,7 +333,7 @@ def fit(
         raise ConfigError(problems)
     cfg = resolve_config(config or TrainConfig(), method, len(train_examples))
     if cfg.bf16 is None:
-        cfg = replace(cfg, bf16=base.parameter_count() > BF16_AUTO_MIN_PARAMETERS)
+        cfg = replace(cfg, bf16=auto_bf16(base))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return _fit(
