@@ -50,6 +50,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import core  # noqa: E402
 from core.data import conll04_labels, read_conll, read_conll04, wnut17_labels  # noqa: E402
 from core.extraction import predict  # noqa: E402
+from core.hardware import cpu_flags, cpu_model, native_bf16  # noqa: E402
+from core.training import BF16_AUTO_MIN_PARAMETERS  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -85,6 +87,7 @@ class Study:
     batch_size: int
     refresh_every: int
     sparsity: float
+    bf16: bool  # autocast; every run of a results folder shares it (checked against each file's config)
     dev_size: int
     evals: int  # dev evaluations per run (the last at the final step)
     test_size: int | None  # None: the full test split
@@ -92,6 +95,7 @@ class Study:
     sparse_lrs: tuple[float, ...]
     full_lrs: tuple[float, ...]
     sweep: bool
+    fixed_lrs: tuple[tuple[str, float], ...]  # (arm, lr) set by hand: no sweep for those arms
     sweep_fractions: tuple[float, ...]
     sweep_widen: int  # rates to add past a grid edge whose rate scored best, per side
     sweep_seed: int
@@ -124,6 +128,9 @@ class Study:
         for subset in self.subsets():
             plan.setdefault(self.sweep_subset(subset), []).append(subset)
         return plan
+
+    def fixed_lr(self, arm: str) -> float | None:
+        return dict(self.fixed_lrs).get(arm)
 
     def grid(self, arm: str) -> tuple[float, ...]:
         return self.full_lrs if arm == "full" else self.sparse_lrs
@@ -168,6 +175,13 @@ def fixed_sample(items: Sequence[dict[str, Any]], size: int | None) -> list[dict
     if size is None or size >= len(items):
         return list(items)
     return [items[i] for i in sorted(random.Random(SAMPLE_SEED).sample(range(len(items)), size))]
+
+
+def default_bf16(base: str) -> bool:
+    """The study's precision unless --bf16 says otherwise: bf16 autocast for real-size bases,
+    on every machine, so that runs made on different machines stay comparable."""
+    info = {b.name: b for b in core.list_bases()}.get(base)
+    return bool(info and info.parameters and info.parameters > BF16_AUTO_MIN_PARAMETERS)
 
 
 def arm_method(arm: str) -> tuple[str, dict[str, Any]]:
@@ -354,6 +368,7 @@ def execute(key: RunKey, study: Study, data: Data, base: core.LoadedBase) -> dic
         batch_size=study.batch_size,
         learning_rate=key.lr,
         optimizer="adamw",
+        bf16=study.bf16,  # the study's, on every machine: core's auto would depend on the CPU
         seed=key.seed,
         eval_every=max(1, steps // study.evals),
         # A fixed budget: every arm runs every step. core's default early stop (loss under
@@ -455,27 +470,11 @@ def code_version() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-@functools.cache
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo (read once a process)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    first = text.split("\n\n", 1)[0]
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-
-
-def cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
-
-
 def cpu_isa() -> str:
     """torch's CPU capability (the widest vector unit its kernels use) and the bf16/AMX flags."""
     import torch
 
-    flags = set(_cpuinfo().get("flags", "").split())
-    extra = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    extra = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"})
     return " ".join([torch.backends.cpu.get_cpu_capability(), *extra])
 
 
@@ -511,6 +510,10 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
     mine = study.comparable()
     theirs = found.get("study") or {}
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    # Not among the settings above, which files made before it was a study setting lack; their
+    # config holds the precision they trained in.
+    if (found.get("config") or {}).get("bf16") != study.bf16:
+        diff["bf16"] = ((found.get("config") or {}).get("bf16"), study.bf16)
     if diff:
         raise SystemExit(
             f"{study.results_dir / key.filename()} was made with other settings "
@@ -597,6 +600,7 @@ def sweep_keys(study: Study, dataset: str) -> list[RunKey]:
         RunKey("sweep", dataset, subset, study.sweep_seed, arm, lr)
         for subset in study.sweep_plan()
         for arm in study.arms
+        if study.fixed_lr(arm) is None
         for lr in arm_sweep(study, dataset, arm, subset)[0]
     ]
 
@@ -612,6 +616,9 @@ def load_sweep_point(study: Study, key: RunKey) -> dict[str, Any] | None:
 def pick_lr(study: Study, dataset: str, arm: str, subset: str) -> tuple[float | None, list[dict[str, Any]]]:
     """(best lr by dev score, every finished sweep point) for the main runs on ``subset``; None
     until the arm's sweep there, widened grid included, is complete."""
+    fixed = study.fixed_lr(arm)
+    if fixed is not None:
+        return fixed, []
     if not study.sweep:
         return auto_lr(arm), []
     grid, points = arm_sweep(study, dataset, arm, study.sweep_subset(subset))
@@ -675,6 +682,13 @@ def run_study(study: Study) -> Tally:
             t0 = time.perf_counter()
             loaded.append(core.load_base(study.base, device=study.device))
             log.info("loaded base %s in %.0f s", study.base, time.perf_counter() - t0)
+            if study.bf16 and not native_bf16(loaded[0].device):
+                log.warning(
+                    "this %s has no bf16 instructions: bf16 autocast is emulated here, and a gemma "
+                    "step took 36x as long as in fp32 on such a CPU (docs/BENCHMARKS.md). --bf16 off "
+                    "trains in fp32, in a results folder of its own",
+                    "CPU" if loaded[0].device.type == "cpu" else "device",
+                )
         return loaded[0]
 
     for dataset in study.datasets:
@@ -882,13 +896,17 @@ def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
 
 
 def sweep_section(study: Study) -> list[str]:
-    if not study.sweep:
-        lrs = ", ".join(f"{arm} {auto_lr(arm):g}" for arm in study.arms)
-        return ["## Learning rates", "", f"No sweep; fixed AdamW rates (core's defaults): {lrs}.", ""]
+    fixed = [f"{arm} {lr:g}" for arm, lr in study.fixed_lrs]
+    by_hand = [f"Rates set by hand (--fixed-lrs), not swept: {', '.join(fixed)}.", ""] if fixed else []
+    swept = [arm for arm in study.arms if study.fixed_lr(arm) is None]
+    if not study.sweep or not swept:
+        lrs = ", ".join(f"{arm} {auto_lr(arm):g}" for arm in swept)
+        default = [f"No sweep; fixed AdamW rates (core's defaults): {lrs}.", ""] if swept else []
+        return ["## Learning rates", "", *by_hand, *default]
     rows = []
     for dataset in study.datasets:
         for sweep_subset, mains in study.sweep_plan().items():
-            for arm in study.arms:
+            for arm in swept:
                 grid, points = arm_sweep(study, dataset, arm, sweep_subset)
                 best = picked_lr(grid, points)
                 by_lr = {p["lr"]: p for p in points}
@@ -911,6 +929,7 @@ def sweep_section(study: Study) -> list[str]:
         "of its grid, strictly above the rate next to it, the grid was widened by one rate past that "
         f'edge, at most {study.sweep_widen} per side (marked "widened").',
         "",
+        *by_hand,
     ]
     header = ["dataset", "train", "arm", "lr", "dev (%)", "picked"]
     return lines + table(header, rows) + [""]
@@ -1151,7 +1170,8 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
         "(the seed draws the training subset)",
         "- optimizer AdamW for every arm (sparse arms keep optimizer state only for masked entries); "
         f"batch {study.batch_size}; sparsity {study.sparsity:g}; "
-        f"fish_dip refresh every {study.refresh_every} steps",
+        f"fish_dip refresh every {study.refresh_every} steps; "
+        + ("bf16 autocast (on every machine)" if study.bf16 else "fp32"),
         f"- steps per (dataset, train): {'; '.join(steps) or 'n/a'}",
         f"- training sentences: {'; '.join(train) or 'n/a'}",
         f"- dev curve: fixed dev subset of {study.dev_size} sentences",
@@ -1281,6 +1301,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--refresh-every", type=int, help="fish_dip mask refresh period (default 100)")
     p.add_argument("--sparsity", type=float, default=0.01)
+    p.add_argument(
+        "--bf16",
+        choices=["on", "off"],
+        help="bf16 autocast on every machine (default: on for bases over 50M parameters, as core's "
+        "auto on native-bf16 hardware; off trains in fp32, many times faster where bf16 is emulated)",
+    )
     p.add_argument("--dev-size", type=int, help="fixed dev subset for the curves and the sweep (default 200)")
     p.add_argument(
         "--test-size", type=int, help="score on a fixed test subset (default: the full test split)"
@@ -1290,6 +1316,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-lrs", default="1e-3,3e-3,1e-2", help="lr grid of fish_dip, fish, random")
     p.add_argument("--full-lrs", default="3e-5,1e-4,3e-4", help="lr grid of full")
     p.add_argument("--no-sweep", action="store_true", help="use core's default AdamW lr per arm")
+    p.add_argument(
+        "--fixed-lrs",
+        default="",
+        help="ARM=LR,...: rates set by hand for these arms, which are then not swept "
+        "(say, the rates another study's sweep picked)",
+    )
     p.add_argument(
         "--sweep-fractions",
         default="0.01",
@@ -1329,6 +1361,16 @@ def check_args(args: argparse.Namespace) -> None:
     ]
     if args.sweep_widen < 0:
         problems.append(f"--sweep-widen {args.sweep_widen}: must be 0 or more")
+    for item in filter(None, (x.strip() for x in args.fixed_lrs.split(","))):
+        arm, _, rate = item.partition("=")
+        if arm not in ARMS + tuple(VARIANTS):
+            problems.append(f"--fixed-lrs {item}: unknown arm {arm!r}")
+        try:
+            ok = float(rate) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"--fixed-lrs {item}: the rate must be a positive number (ARM=LR)")
     if problems:
         raise SystemExit("; ".join(problems))
 
@@ -1358,6 +1400,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         batch_size=args.batch_size,
         refresh_every=pick("refresh_every"),
         sparsity=args.sparsity,
+        bf16=args.bf16 == "on" if args.bf16 else default_bf16(args.base),
         dev_size=pick("dev_size"),
         test_size=pick("test_size"),
         evals=pick("evals"),
@@ -1365,6 +1408,10 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         sparse_lrs=_floats(args.sparse_lrs),
         full_lrs=_floats(args.full_lrs),
         sweep=not (args.no_sweep or args.quick),
+        fixed_lrs=tuple(
+            (arm, float(rate))
+            for arm, _, rate in (x.strip().partition("=") for x in args.fixed_lrs.split(",") if x.strip())
+        ),
         sweep_fractions=_floats(args.sweep_fractions),
         sweep_widen=args.sweep_widen,
         sweep_seed=args.sweep_seed,

@@ -84,6 +84,11 @@ def test_rerun_skips_finished_runs(tiny_study: Path) -> None:
 def test_rerun_with_other_settings_is_refused(tiny_study: Path) -> None:
     with pytest.raises(SystemExit, match="other settings"):
         Q.main(["run", *tiny_args(tiny_study, "--refresh-every", "7")])
+    # The precision too: a tiny base trains in fp32 by default, on every machine.
+    with pytest.raises(SystemExit, match="bf16: False there, True now"):
+        Q.main(["run", *tiny_args(tiny_study, "--bf16", "on")])
+    assert Q.main(["run", *tiny_args(tiny_study, "--bf16", "off")]) == 0  # what it ran in: all skipped
+    assert Q.default_bf16("gemma-3-270m") and not Q.default_bf16("tiny-t5")
 
 
 def test_recheck_repeats_a_runs_first_steps_and_spots_a_different_loss(
@@ -224,6 +229,32 @@ def test_main_runs_pair_every_arm_of_a_seed_before_the_next_seed(tmp_path: Path)
     ]
 
 
+def test_an_arm_with_a_rate_set_by_hand_is_not_swept(tmp_path: Path) -> None:
+    grid = [
+        "--sparse-lrs",
+        "1e-3,3e-3",
+        "--full-lrs",
+        "1e-4",
+        "--fixed-lrs",
+        "fish=2e-3",
+        "--results-dir",
+        str(tmp_path),
+    ]
+    args = Q.parser().parse_args(
+        ["run", "--base", "tiny-t5", "--datasets", "conll04", "--arms", "fish,full", *grid]
+    )
+    study = Q.study_from_args(args, [])
+    assert {(k.arm, k.lr) for k in Q.sweep_keys(study, "conll04")} == {("full", 1e-4)}
+    assert Q.pick_lr(study, "conll04", "fish", "f0.01") == (2e-3, [])
+    assert {k.arm for k in Q.main_keys(study, "conll04")} == {"fish"}  # full's sweep is still to run
+    _sweep_file(study, "full", 1e-4, 0.1, 0.2)
+    assert [(k.arm, k.lr) for k in Q.main_keys(study, "conll04") if k.seed == 1 and k.subset == "f0.01"] == [
+        ("fish", 2e-3),
+        ("full", 1e-4),
+    ]
+    assert "Rates set by hand (--fixed-lrs), not swept: fish 0.002." in "\n".join(Q.sweep_section(study))
+
+
 def test_a_sweep_per_fraction_picks_each_fractions_rate(tmp_path: Path) -> None:
     grid = ["--sparse-lrs", "1e-3,3e-3", "--sweep-fractions", "0.01,0.05", "--sweep-widen", "0"]
     grid += ["--results-dir", str(tmp_path)]
@@ -308,10 +339,21 @@ def test_a_sweep_that_wins_at_an_edge_widens_its_grid(tmp_path: Path) -> None:
 
 def test_bad_study_settings_are_refused_all_at_once() -> None:
     args = Q.parser().parse_args(
-        ["run", "--fractions", "0.01,0", "--sweep-fractions", "1.5", "--full-lrs=-1e-4", "--sweep-widen=-1"]
-    )
+        [
+            "run", "--fractions", "0.01,0", "--sweep-fractions", "1.5", "--full-lrs=-1e-4",
+            "--sweep-widen=-1", "--fixed-lrs", "fish=0,lora=1e-3,full",
+        ]
+    )  # fmt: skip
     with pytest.raises(SystemExit) as failed:
         Q.study_from_args(args, [])
     message = str(failed.value)
-    for problem in ("--fractions 0:", "--sweep-fractions 1.5:", "--full-lrs -0.0001:", "--sweep-widen -1:"):
+    for problem in (
+        "--fractions 0:",
+        "--sweep-fractions 1.5:",
+        "--full-lrs -0.0001:",
+        "--sweep-widen -1:",
+        "--fixed-lrs fish=0: the rate must be",
+        "--fixed-lrs lora=1e-3: unknown arm",
+        "--fixed-lrs full: the rate must be",
+    ):
         assert problem in message
