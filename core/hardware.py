@@ -1,8 +1,8 @@
 """What the machine can do: the CPU's model and flags, and whether a device computes in bf16.
 
 bf16 autocast pays only where the hardware multiplies bf16 matrices itself. On a CPU without
-AVX512-BF16 or AMX (an AVX2-only AMD EPYC, say) oneDNN emulates it by converting, and a bf16
-matmul of gemma-3-270m's output-layer shape took 5.4x as long as the fp32 one (docs/BENCHMARKS.md).
+AVX512-BF16 or AMX (an AVX2-only AMD EPYC, say) torch's bf16 paths are slow fallbacks: a
+gemma-3-270m training step took 36-64x as long as in fp32 there (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
