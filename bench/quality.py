@@ -66,6 +66,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # new to a refreshed mask move as under a fresh Adam (core's default counts the run's steps)
     "fish_dip_entry": ("fish_dip", {"bias_correction": "per_entry"}),
 }
+ALL_ARMS = ARMS + tuple(VARIANTS)
 SAMPLE_SEED = 0  # fixes the dev (and any test) subset: the same sentences for every run
 LOSS_POINTS = 100  # train-loss curve: windowed means, at most this many points
 FORMAT = 1
@@ -512,8 +513,9 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
     # Not among the settings above, which files made before it was a study setting lack; their
     # config holds the precision they trained in.
-    if (found.get("config") or {}).get("bf16") != study.bf16:
-        diff["bf16"] = ((found.get("config") or {}).get("bf16"), study.bf16)
+    trained_bf16 = (found.get("config") or {}).get("bf16")
+    if trained_bf16 != study.bf16:
+        diff["bf16"] = (trained_bf16, study.bf16)
     if diff:
         raise SystemExit(
             f"{study.results_dir / key.filename()} was made with other settings "
@@ -1260,6 +1262,11 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x.strip())
 
 
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """``"a=1,b=2"`` as [("a", "1"), ("b", "2")]; an item without "=" gives an empty value."""
+    return [(k.strip(), v.strip()) for k, _, v in (x.partition("=") for x in text.split(",") if x.strip())]
+
+
 def _names(text: str, known: Iterable[str], what: str) -> tuple[str, ...]:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     unknown = [n for n in names if n not in known]
@@ -1294,9 +1301,7 @@ def parser() -> argparse.ArgumentParser:
         "--train-size", type=int, help="a fixed number of training sentences instead of --fractions"
     )
     p.add_argument("--seeds", help="comma-separated (default 1,2,3)")
-    p.add_argument(
-        "--arms", help=f"comma-separated, of {', '.join(ARMS + tuple(VARIANTS))} (default {', '.join(ARMS)})"
-    )
+    p.add_argument("--arms", help=f"comma-separated, of {', '.join(ALL_ARMS)} (default {', '.join(ARMS)})")
     p.add_argument("--steps", type=int, help="steps for every arm (default: core's auto, about 300)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--refresh-every", type=int, help="fish_dip mask refresh period (default 100)")
@@ -1361,9 +1366,9 @@ def check_args(args: argparse.Namespace) -> None:
     ]
     if args.sweep_widen < 0:
         problems.append(f"--sweep-widen {args.sweep_widen}: must be 0 or more")
-    for item in filter(None, (x.strip() for x in args.fixed_lrs.split(","))):
-        arm, _, rate = item.partition("=")
-        if arm not in ARMS + tuple(VARIANTS):
+    for arm, rate in _pairs(args.fixed_lrs):
+        item = f"{arm}={rate}" if rate else arm
+        if arm not in ALL_ARMS:
             problems.append(f"--fixed-lrs {item}: unknown arm {arm!r}")
         try:
             ok = float(rate) > 0
@@ -1395,7 +1400,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         fractions=_floats(args.fractions),
         train_size=pick("train_size"),
         seeds=tuple(int(x) for x in pick("seeds").split(",")),
-        arms=_names(pick("arms"), ARMS + tuple(VARIANTS), "arm"),
+        arms=_names(pick("arms"), ALL_ARMS, "arm"),
         steps=pick("steps"),
         batch_size=args.batch_size,
         refresh_every=pick("refresh_every"),
@@ -1408,10 +1413,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         sparse_lrs=_floats(args.sparse_lrs),
         full_lrs=_floats(args.full_lrs),
         sweep=not (args.no_sweep or args.quick),
-        fixed_lrs=tuple(
-            (arm, float(rate))
-            for arm, _, rate in (x.strip().partition("=") for x in args.fixed_lrs.split(",") if x.strip())
-        ),
+        fixed_lrs=tuple((arm, float(rate)) for arm, rate in _pairs(args.fixed_lrs)),
         sweep_fractions=_floats(args.sweep_fractions),
         sweep_widen=args.sweep_widen,
         sweep_seed=args.sweep_seed,
