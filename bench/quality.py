@@ -88,7 +88,9 @@ class Study:
     batch_size: int
     refresh_every: int
     sparsity: float
-    bf16: bool  # autocast; every run of a results folder shares it (checked against each file's config)
+    # bf16 autocast by dataset: every run of one dataset shares it (checked against each file's
+    # config); datasets may differ, since no comparison crosses datasets
+    bf16: tuple[tuple[str, bool], ...]
     dev_size: int
     evals: int  # dev evaluations per run (the last at the final step)
     test_size: int | None  # None: the full test split
@@ -132,6 +134,9 @@ class Study:
 
     def fixed_lr(self, arm: str) -> float | None:
         return dict(self.fixed_lrs).get(arm)
+
+    def bf16_for(self, dataset: str) -> bool:
+        return dict(self.bf16)[dataset]
 
     def grid(self, arm: str) -> tuple[float, ...]:
         return self.full_lrs if arm == "full" else self.sparse_lrs
@@ -369,7 +374,7 @@ def execute(key: RunKey, study: Study, data: Data, base: core.LoadedBase) -> dic
         batch_size=study.batch_size,
         learning_rate=key.lr,
         optimizer="adamw",
-        bf16=study.bf16,  # the study's, on every machine: core's auto would depend on the CPU
+        bf16=study.bf16_for(key.dataset),  # the study's, on every machine: core's auto depends on the CPU
         seed=key.seed,
         eval_every=max(1, steps // study.evals),
         # A fixed budget: every arm runs every step. core's default early stop (loss under
@@ -514,8 +519,8 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
     # Not among the settings above, which files made before it was a study setting lack; their
     # config holds the precision they trained in.
     trained_bf16 = (found.get("config") or {}).get("bf16")
-    if trained_bf16 != study.bf16:
-        diff["bf16"] = (trained_bf16, study.bf16)
+    if trained_bf16 != study.bf16_for(key.dataset):
+        diff["bf16"] = (trained_bf16, study.bf16_for(key.dataset))
     if diff:
         raise SystemExit(
             f"{study.results_dir / key.filename()} was made with other settings "
@@ -684,11 +689,11 @@ def run_study(study: Study) -> Tally:
             t0 = time.perf_counter()
             loaded.append(core.load_base(study.base, device=study.device))
             log.info("loaded base %s in %.0f s", study.base, time.perf_counter() - t0)
-            if study.bf16 and not native_bf16(loaded[0].device):
+            if any(on for _, on in study.bf16) and not native_bf16(loaded[0].device):
                 log.warning(
                     "this %s has no bf16 instructions: bf16 autocast is emulated here, and a gemma "
-                    "step took 36x as long as in fp32 on such a CPU (docs/BENCHMARKS.md). --bf16 off "
-                    "trains in fp32, in a results folder of its own",
+                    "step took 36x as long as in fp32 on such a CPU (docs/BENCHMARKS.md). --bf16 off, or "
+                    "DATASET=off for a dataset with no bf16 runs yet, trains in fp32",
                     "CPU" if loaded[0].device.type == "cpu" else "device",
                 )
         return loaded[0]
@@ -1172,8 +1177,7 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
         "(the seed draws the training subset)",
         "- optimizer AdamW for every arm (sparse arms keep optimizer state only for masked entries); "
         f"batch {study.batch_size}; sparsity {study.sparsity:g}; "
-        f"fish_dip refresh every {study.refresh_every} steps; "
-        + ("bf16 autocast (on every machine)" if study.bf16 else "fp32"),
+        f"fish_dip refresh every {study.refresh_every} steps; " + precision_line(study),
         f"- steps per (dataset, train): {'; '.join(steps) or 'n/a'}",
         f"- training sentences: {'; '.join(train) or 'n/a'}",
         f"- dev curve: fixed dev subset of {study.dev_size} sentences",
@@ -1181,6 +1185,14 @@ def settings_lines(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
         "- code (git commit of the runs): "
         + ("; ".join(f"{label} ({_count(n, 'run')})" for label, n in sorted(codes.items())) or "n/a"),
     ]
+
+
+def precision_line(study: Study) -> str:
+    name = {True: "bf16 autocast (on every machine)", False: "fp32"}
+    kinds = {on for _, on in study.bf16}
+    if len(kinds) == 1:
+        return name[kinds.pop()]
+    return "; ".join(f"{dataset}: {name[on]}" for dataset, on in study.bf16)
 
 
 def write_report(study: Study) -> Path:
@@ -1308,9 +1320,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.01)
     p.add_argument(
         "--bf16",
-        choices=["on", "off"],
-        help="bf16 autocast on every machine (default: on for bases over 50M parameters, as core's "
-        "auto on native-bf16 hardware; off trains in fp32, many times faster where bf16 is emulated)",
+        default="",
+        help="on|off, or DATASET=on|off,... : bf16 autocast on every machine, for every dataset or "
+        "by dataset (default: on for bases over 50M parameters, as core's auto on native-bf16 "
+        "hardware; off trains in fp32, many times faster where bf16 is emulated)",
     )
     p.add_argument("--dev-size", type=int, help="fixed dev subset for the curves and the sweep (default 200)")
     p.add_argument(
@@ -1376,8 +1389,23 @@ def check_args(args: argparse.Namespace) -> None:
             ok = False
         if not ok:
             problems.append(f"--fixed-lrs {item}: the rate must be a positive number (ARM=LR)")
+    if args.bf16 not in ("", "on", "off"):
+        for dataset, value in _pairs(args.bf16):
+            item = f"{dataset}={value}" if value else dataset
+            if dataset not in DATASETS:
+                problems.append(f"--bf16 {item}: unknown dataset {dataset!r}")
+            if value not in ("on", "off"):
+                problems.append(f"--bf16 {item}: the value must be on or off (DATASET=on|off)")
     if problems:
         raise SystemExit("; ".join(problems))
+
+
+def study_bf16(text: str, datasets: Sequence[str], base: str) -> tuple[tuple[str, bool], ...]:
+    """Each dataset's precision from --bf16: "on", "off", or "DATASET=on|off,..."; a dataset it
+    does not name gets the base's default."""
+    given = {"on": dict.fromkeys(datasets, "on"), "off": dict.fromkeys(datasets, "off")}.get(text)
+    by_dataset = dict(_pairs(text)) if given is None else given
+    return tuple((d, by_dataset[d] == "on" if d in by_dataset else default_bf16(base)) for d in datasets)
 
 
 def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
@@ -1394,9 +1422,10 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
     # Reports of the real base go to docs/; other bases (tiny test models) stay with their results.
     report = args.report or (DOCS / f"{mode}.md" if not suffix else results / "report.md")
     img = args.img_dir or (DOCS / "img" if not suffix else results / "img")
+    datasets = _names(pick("datasets"), DATASETS, "dataset")
     return Study(
         base=args.base,
-        datasets=_names(pick("datasets"), DATASETS, "dataset"),
+        datasets=datasets,
         fractions=_floats(args.fractions),
         train_size=pick("train_size"),
         seeds=tuple(int(x) for x in pick("seeds").split(",")),
@@ -1405,7 +1434,7 @@ def study_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Study:
         batch_size=args.batch_size,
         refresh_every=pick("refresh_every"),
         sparsity=args.sparsity,
-        bf16=args.bf16 == "on" if args.bf16 else default_bf16(args.base),
+        bf16=study_bf16(args.bf16, datasets, args.base),
         dev_size=pick("dev_size"),
         test_size=pick("test_size"),
         evals=pick("evals"),

@@ -89,6 +89,24 @@ def test_rerun_with_other_settings_is_refused(tiny_study: Path) -> None:
         Q.main(["run", *tiny_args(tiny_study, "--bf16", "on")])
     assert Q.main(["run", *tiny_args(tiny_study, "--bf16", "off")]) == 0  # what it ran in: all skipped
     assert Q.default_bf16("gemma-3-270m") and not Q.default_bf16("tiny-t5")
+    # By dataset: the one a run belongs to is what counts.
+    with pytest.raises(SystemExit, match="bf16: False there, True now"):
+        Q.main(["run", *tiny_args(tiny_study, "--bf16", "wnut17=on,conll04=off")])
+    assert Q.main(["run", *tiny_args(tiny_study, "--bf16", "wnut17=off,conll04=on")]) == 0
+
+
+def test_precision_by_dataset() -> None:
+    assert Q.study_bf16("on", ["wnut17", "conll04"], "tiny-t5") == (("wnut17", True), ("conll04", True))
+    assert Q.study_bf16("conll04=off", ["wnut17", "conll04"], "gemma-3-270m") == (
+        ("wnut17", True),  # not named: the base's default
+        ("conll04", False),
+    )
+    with pytest.raises(SystemExit) as err:
+        Q.main(["report", "--bf16", "wnut17=yes,ontonotes=on"])
+    assert str(err.value) == (
+        "--bf16 wnut17=yes: the value must be on or off (DATASET=on|off); "
+        "--bf16 ontonotes=on: unknown dataset 'ontonotes'"
+    )
 
 
 def test_recheck_repeats_a_runs_first_steps_and_spots_a_different_loss(
