@@ -518,9 +518,9 @@ def check_comparable(study: Study, key: RunKey, found: Mapping[str, Any]) -> Non
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
     # Not among the settings above, which files made before it was a study setting lack; their
     # config holds the precision they trained in.
-    trained_bf16 = (found.get("config") or {}).get("bf16")
-    if trained_bf16 != study.bf16_for(key.dataset):
-        diff["bf16"] = (trained_bf16, study.bf16_for(key.dataset))
+    trained_bf16, bf16 = (found.get("config") or {}).get("bf16"), study.bf16_for(key.dataset)
+    if trained_bf16 != bf16:
+        diff["bf16"] = (trained_bf16, bf16)
     if diff:
         raise SystemExit(
             f"{study.results_dir / key.filename()} was made with other settings "
@@ -1279,6 +1279,27 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return [(k.strip(), v.strip()) for k, _, v in (x.partition("=") for x in text.split(",") if x.strip())]
 
 
+def _pair_problems(
+    flag: str, text: str, known: Iterable[str], what: str, valid: Callable[[str], bool], form: str
+) -> list[str]:
+    """What is wrong with each KEY=VALUE item of ``text``: an unknown key, an invalid value."""
+    problems = []
+    for key, value in _pairs(text):
+        item = f"{key}={value}" if value else key
+        if key not in known:
+            problems.append(f"{flag} {item}: unknown {what} {key!r}")
+        if not valid(value):
+            problems.append(f"{flag} {item}: {form}")
+    return problems
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def _names(text: str, known: Iterable[str], what: str) -> tuple[str, ...]:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     unknown = [n for n in names if n not in known]
@@ -1379,23 +1400,23 @@ def check_args(args: argparse.Namespace) -> None:
     ]
     if args.sweep_widen < 0:
         problems.append(f"--sweep-widen {args.sweep_widen}: must be 0 or more")
-    for arm, rate in _pairs(args.fixed_lrs):
-        item = f"{arm}={rate}" if rate else arm
-        if arm not in ALL_ARMS:
-            problems.append(f"--fixed-lrs {item}: unknown arm {arm!r}")
-        try:
-            ok = float(rate) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            problems.append(f"--fixed-lrs {item}: the rate must be a positive number (ARM=LR)")
+    problems += _pair_problems(
+        "--fixed-lrs",
+        args.fixed_lrs,
+        ALL_ARMS,
+        "arm",
+        _positive,
+        "the rate must be a positive number (ARM=LR)",
+    )
     if args.bf16 not in ("", "on", "off"):
-        for dataset, value in _pairs(args.bf16):
-            item = f"{dataset}={value}" if value else dataset
-            if dataset not in DATASETS:
-                problems.append(f"--bf16 {item}: unknown dataset {dataset!r}")
-            if value not in ("on", "off"):
-                problems.append(f"--bf16 {item}: the value must be on or off (DATASET=on|off)")
+        problems += _pair_problems(
+            "--bf16",
+            args.bf16,
+            DATASETS,
+            "dataset",
+            lambda value: value in ("on", "off"),
+            "the value must be on or off (DATASET=on|off)",
+        )
     if problems:
         raise SystemExit("; ".join(problems))
 
@@ -1403,8 +1424,7 @@ def check_args(args: argparse.Namespace) -> None:
 def study_bf16(text: str, datasets: Sequence[str], base: str) -> tuple[tuple[str, bool], ...]:
     """Each dataset's precision from --bf16: "on", "off", or "DATASET=on|off,..."; a dataset it
     does not name gets the base's default."""
-    given = {"on": dict.fromkeys(datasets, "on"), "off": dict.fromkeys(datasets, "off")}.get(text)
-    by_dataset = dict(_pairs(text)) if given is None else given
+    by_dataset = dict.fromkeys(datasets, text) if text in ("on", "off") else dict(_pairs(text))
     return tuple((d, by_dataset[d] == "on" if d in by_dataset else default_bf16(base)) for d in datasets)
 
 
