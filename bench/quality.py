@@ -870,16 +870,43 @@ def scores_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
 
 
 def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> list[str]:
+    against_full = {arm: "full" for arm in study.arms if arm != "full"}
+    # A variant changes one setting of its parent arm: its own effect is the paired difference
+    # with that arm, on the same seeds, rate and steps.
+    against_parent = {arm: VARIANTS[arm][0] for arm in study.arms if arm in VARIANTS}
+    return _paired_table(
+        study,
+        cells,
+        against_full,
+        "## Paired differences against full fine-tuning",
+        "Test score of the arm minus that of `full` on the same seed (same training sentences), in points.",
+    ) + _paired_table(
+        study,
+        cells,
+        against_parent,
+        "## Variants against the arm they change",
+        "Test score of the variant minus that of the arm it changes one setting of, on the same seed "
+        "(same training sentences), in points.",
+    )
+
+
+def _paired_table(
+    study: Study,
+    cells: Mapping[tuple[str, str, str], Cell],
+    reference: Mapping[str, str],
+    heading: str,
+    caption: str,
+) -> list[str]:
     rows = []
     for (dataset, subset, arm), cell in cells.items():
-        full = cells.get((dataset, subset, "full"))
-        if arm == "full" or full is None:
+        ref = cells.get((dataset, subset, reference.get(arm, "")))
+        if ref is None:
             continue
         for metric, title in DATASETS[dataset].metrics:
             diffs: list[str] = []
             values: list[float] = []
             for seed in study.seeds:
-                a, b = cell.runs.get(seed), full.runs.get(seed)
+                a, b = cell.runs.get(seed), ref.runs.get(seed)
                 if a and b and a.get("test") and b.get("test"):
                     values.append(float(a["test"][metric]) - float(b["test"][metric]))
                     diffs.append(f"{100 * values[-1]:+.1f}")
@@ -888,18 +915,12 @@ def paired_section(study: Study, cells: Mapping[tuple[str, str, str], Cell]) -> 
             mean = mean_std(values, len(study.seeds), signed=True)
             complete = len(values) == len(study.seeds)
             ahead = f"{sum(v > 0 for v in values)} of {len(values)}" if complete else "n/a"
-            rows.append([dataset, subset_label(subset), arm, title, *diffs, mean, ahead])
+            rows.append([dataset, subset_label(subset), arm, ref.arm, title, *diffs, mean, ahead])
     if not rows:
         return []
     seeds = [f"seed {s}" for s in study.seeds]
-    header = ["dataset", "train", "arm", "metric", *seeds, "mean ± sd", "arm ahead on (seeds)"]
-    lines = [
-        "## Paired differences against full fine-tuning",
-        "",
-        "Test score of the arm minus that of `full` on the same seed (same training sentences), in points.",
-        "",
-    ]
-    return lines + table(header, rows) + [""]
+    header = ["dataset", "train", "arm", "against", "metric", *seeds, "mean ± sd", "arm ahead on (seeds)"]
+    return [heading, "", caption, "", *table(header, rows), ""]
 
 
 def sweep_section(study: Study) -> list[str]:

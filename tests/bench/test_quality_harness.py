@@ -163,7 +163,12 @@ def test_a_variant_arm_trains_its_method_with_its_settings(tmp_path: Path) -> No
         variant["config"]["bias_correction"] == "per_entry" and plain["config"]["bias_correction"] == "global"
     )
     assert variant["key"]["lr"] == plain["key"]["lr"]  # core's fish_dip rate when nothing is swept
-    assert "fish_dip_entry" in (tmp_path / "report.md").read_text()
+    # The report pairs the variant with the arm it changes, not only with full.
+    report = (tmp_path / "report.md").read_text()
+    diff = f"{100 * (variant['test']['entity_f1'] - plain['test']['entity_f1']):+.1f}"
+    assert "## Variants against the arm they change" in report
+    assert f"| wnut17 | 2 sent. | fish_dip_entry | fish_dip | entity F1 | {diff} | {diff} |" in report
+    assert "## Paired differences against full" not in report  # no full arm in this study
     with pytest.raises(SystemExit, match="unknown arm: fish_dip_typo"):
         Q.main(["run", *tiny_args(tmp_path, "--arms", "fish_dip_typo")])
 
@@ -178,7 +183,7 @@ def test_report_tables_plots_and_incomplete_cells(tiny_study: Path) -> None:
     full = json.loads((tiny_study / "res" / "main__wnut17__n2__seed1__full__lr0.0001.json").read_text())
     diff = f"{100 * (run['test']['entity_f1'] - full['test']['entity_f1']):+.1f}"
     ahead = int(run["test"]["entity_f1"] > full["test"]["entity_f1"])
-    paired = f"| wnut17 | 2 sent. | fish_dip | entity F1 | {diff} | {diff} | {ahead} of 1 |"  # 1 seed, no sd
+    paired = f"| wnut17 | 2 sent. | fish_dip | full | entity F1 | {diff} | {diff} | {ahead} of 1 |"  # 1 seed
     assert paired in report
     code = run["environment"]["code"]
     assert f"- code (git commit of the runs): {code[:12]}{code[40:]} (2 runs)" in report
