@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import core  # noqa: E402
 from core.data import conll04_labels, read_conll, read_conll04, wnut17_labels  # noqa: E402
 from core.extraction import predict  # noqa: E402
-from core.hardware import cpu_flags, cpu_model, native_bf16  # noqa: E402
+from core.hardware import cpu_flags, cpu_model, flush_denormals, native_bf16  # noqa: E402
 from core.training import BF16_AUTO_MIN_PARAMETERS  # noqa: E402
 
 log = logging.getLogger("quality")
@@ -448,6 +448,9 @@ def environment(base: core.LoadedBase) -> dict[str, Any]:
         # Kernels, and so the rounding of every step, depend on the CPU's vector units: a run
         # repeated on another CPU model need not give the same numbers.
         "cpu_isa": cpu_isa(),
+        # Subnormal floats read and written as zero (core's default since 2026-12-05; runs
+        # before it lack the field and kept them): the same numbers to rounding, faster steps.
+        "flush_denormals": flush_denormals(),
         "base_fingerprint": base.fingerprint,  # sha256 of the base's weights, as loaded
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from .hardware import flush_denormals
 from .models import Family, LoadedBase
 from .tasks import Task, TaskSpec, get_task
 
@@ -147,6 +148,7 @@ def predict(
     max_new_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predictions for inputs that fit in one window (the task's input shape)."""
+    flush_denormals()
     task = get_task(spec.type)
     if not inputs:
         return []

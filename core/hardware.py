@@ -8,6 +8,7 @@ gemma-3-270m training step took 36-64x as long as in fp32 there (docs/BENCHMARKS
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -46,3 +47,29 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(cpu_flags() & BF16_CPU_FLAGS)
     return False  # other backends: fp32 unless asked
+
+
+FLUSH_DENORMALS_ENV = "FISHDIP_FLUSH_DENORMALS"
+
+
+def flush_denormals() -> bool:
+    """Make the calling thread's CPU arithmetic treat subnormal floats as zero and flush
+    subnormal results to zero (x86 DAZ and FTZ; where torch supports it, ARM's FZ). Returns
+    whether the mode is on.
+
+    Arithmetic on a subnormal fp32 value (under 1.2e-38) takes the CPU's slow path: a matrix
+    product with a subnormal operand ran 140x slower than one without on a Xeon. Training
+    makes them. The output layer's gradient is the softmax over the vocabulary, and a word with
+    a log-probability between -87 and -103 gets a subnormal probability; once the model is
+    confident, many of gemma's 262k words lie there, and the products with that gradient slow
+    down just as the loss nears zero (bench/denormals.py, docs/BENCHMARKS.md). Flushing changes
+    values under 1.2e-38 only; TensorFlow's CPU thread pools flush them too.
+
+    The mode lives in each thread's control register, and a thread inherits its creator's at
+    birth: torch's OpenMP threads get it only if it is on before the calling thread's first
+    parallel operation. So core calls this at its entry points (``load_base``, ``fit``,
+    ``predict``), before they compute. ``FISHDIP_FLUSH_DENORMALS=0`` leaves the mode alone.
+    """
+    if os.environ.get(FLUSH_DENORMALS_ENV, "1").strip().lower() in {"0", "off", "false", "no"}:
+        return False
+    return bool(torch.set_flush_denormal(True))

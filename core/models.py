@@ -31,6 +31,7 @@ from torch import nn
 
 from . import head_loss
 from .errors import UnknownBase
+from .hardware import flush_denormals
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_base(name: str, device: str | torch.device | None = None) -> LoadedBase:
     """Load a base once per process and device; later calls return the same object."""
+    flush_denormals()
     dev = resolve_device(device)
     key = (name, str(dev))
     with _LOCK:

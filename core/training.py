@@ -41,7 +41,7 @@ from . import masks as M
 from .config import MethodConfig, TrainConfig, regressing_count, resolve_config
 from .errors import ConfigError, FitCancelled
 from .extraction import predict
-from .hardware import native_bf16
+from .hardware import flush_denormals, native_bf16
 from .head_loss import WeightGradSink
 from .memory import release_free_memory
 from .models import LoadedBase
@@ -326,6 +326,7 @@ def fit(
     Deterministic for a seed on a given device. Raises :class:`FitCancelled` within one step
     of ``should_stop()`` returning True.
     """
+    flush_denormals()
     method = method or MethodConfig()
     task = get_task(spec.type)
     problems = task.validate_spec(spec)
