@@ -144,14 +144,14 @@ def main() -> None:
     if args.steps < 2 * args.window + 1:
         raise SystemExit(f"--steps must be at least {2 * args.window + 1} for two windows of {args.window}")
     sys.path.insert(0, str(ROOT))
-    from core.hardware import cpu_model
+    from core.hardware import FLUSH_DENORMALS_ENV, cpu_model
 
     results: dict[str, dict[str, Any]] = {}
     for arm, flag in ARMS.items():
         cmd = [sys.executable, __file__, "--arm", arm, "--base", args.base, "--steps", str(args.steps)]
         cmd += ["--refresh-every", str(args.refresh_every), "--lr", str(args.lr)]
         cmd += ["--fraction", str(args.fraction), "--seed", str(args.seed), "--data-dir", str(args.data_dir)]
-        env = {**os.environ, "FISHDIP_FLUSH_DENORMALS": flag}
+        env = {**os.environ, FLUSH_DENORMALS_ENV: flag}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         r = results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
         steps = [s for s in r["steps"][1:] if not s["counted"]]  # step 1 pays for warm-up
